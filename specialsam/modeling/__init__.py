@@ -1,0 +1,1 @@
+"""Model building blocks: the tiny generalist's encoder and batched decoding helpers."""

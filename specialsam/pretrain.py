@@ -1,0 +1,304 @@
+"""Pretrain a tiny generalist from scratch on procedural scenes.
+
+    python -m specialsam.pretrain --size s             # the shipped tiny-s (resumes if interrupted)
+    python -m specialsam.pretrain --size s --steps 50  # smoke run
+    python -m specialsam.pretrain --size m --eval-only # re-measure the shipped weights
+
+SAM-style training: every target of a scene is prompted by a point and by a jittered box from one
+encoder pass; the single-mask output learns every prompt, the three multimask outputs learn
+single points with SAM's min-over-outputs loss, the IoU head regresses the IoU it achieves.
+The data stream is a pure function of (seed, step), and the learning rate of the step, so a
+checkpoint (weights + optimizer + step) resumes the very same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from specialsam.errors import UserError, cli_errors
+from specialsam.inference import encode, predict_masks
+from specialsam.metrics import iou as mask_iou
+from specialsam.modeling.batched import decode_batched
+from specialsam.modeling.tiny import build_tiny_sam, count_parameters
+from specialsam.prompts import Prompt, make_prompt, training_prompt
+from specialsam.scenes import SIZE, Scene, make_scene
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+EVAL_SEED = 999_999
+LOSS_RES = 128
+
+
+@dataclass
+class PretrainConfig:
+    size: str = "s"
+    steps: int = 3000
+    batch: int = 16
+    targets_per_image: int = 4
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup: int = 150
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"tiny-{self.size}"
+
+
+def lr_at(cfg: PretrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+def batch_scenes(cfg: PretrainConfig, step: int) -> list[Scene]:
+    return [make_scene((cfg.seed, step, i)) for i in range(cfg.batch)]
+
+
+def _prompts_for(scenes: list[Scene], cfg: PretrainConfig, step: int):
+    """(image index, prompt, target, is_single_point) for every training prompt of the batch."""
+    rng = np.random.default_rng((cfg.seed, step, 10**6))
+    items = []
+    for b, sc in enumerate(scenes):
+        order = rng.permutation(len(sc.targets))[: cfg.targets_per_image]
+        for t in order:
+            m = sc.targets[t]
+            box = training_prompt(m, rng, point_fraction=0.0)
+            items.append((b, box, m, False))
+            if sc.box_only[t]:
+                continue
+            u = rng.random()
+            if u < 0.4:
+                pt = make_prompt(m, "center", rng)
+            elif u < 0.85:
+                pt = training_prompt(m, rng, point_fraction=1.0)
+            else:
+                pt = make_prompt(m, "random3", rng)
+            items.append((b, pt, m, pt is not None and len(pt.labels) == 2))
+    return [it for it in items if it[1] is not None]
+
+
+def _seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-prompt BCE + Dice; logits/target (..., H, W)."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean((-2, -1))
+    p = logits.sigmoid()
+    inter = (p * target).sum((-2, -1))
+    dice = 1 - (2 * inter + 1) / (p.sum((-2, -1)) + target.sum((-2, -1)) + 1)
+    return bce + dice
+
+
+def _soft_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    pred = (logits > 0).float()
+    inter = (pred * (target > 0.5)).sum((-2, -1))
+    union = ((pred + (target > 0.5).float()) > 0).float().sum((-2, -1))
+    return inter / union.clamp(min=1)
+
+
+def train_step(sam, opt, cfg: PretrainConfig, step: int) -> float:
+    scenes = batch_scenes(cfg, step)
+    x = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float()
+    emb = sam.image_encoder(sam.preprocess(x))
+    items = _prompts_for(scenes, cfg, step)
+    total = torch.zeros(())
+    n = 0
+    # Group by token count (single point/box: 2 tokens; three points: 4) for one decoder call each.
+    for k in sorted({len(it[1].labels) for it in items}):
+        group = [it for it in items if len(it[1].labels) == k]
+        idx = torch.tensor([it[0] for it in group])
+        coords = torch.from_numpy(np.stack([it[1].coords for it in group]))
+        labels = torch.from_numpy(np.stack([it[1].labels for it in group]))
+        masks, iou_pred = decode_batched(sam.mask_decoder, sam.prompt_encoder, emb[idx], coords, labels)
+        tgt = torch.from_numpy(np.stack([it[2] for it in group])).float()[:, None]
+        tgt = F.adaptive_avg_pool2d(tgt, LOSS_RES)[:, 0]
+        logits = F.interpolate(masks, size=(LOSS_RES, LOSS_RES), mode="bilinear", align_corners=False)
+        losses = _seg_loss(logits, tgt[:, None].expand_as(logits))  # (P, 4)
+        single_pt = torch.tensor([it[3] for it in group])
+        seg = losses[:, 0] + torch.where(single_pt, losses[:, 1:].min(1).values, torch.zeros(()))
+        with torch.no_grad():
+            actual = _soft_iou(logits, tgt[:, None].expand_as(logits))
+        iou_err = (iou_pred - actual) ** 2
+        iou_loss = iou_err[:, 0] + torch.where(single_pt, iou_err[:, 1:].mean(1), torch.zeros(()))
+        total = total + (seg + iou_loss).sum()
+        n += len(group)
+    loss = total / max(n, 1)
+    for g in opt.param_groups:
+        g["lr"] = lr_at(cfg, step)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
+    opt.step()
+    return float(loss.detach())
+
+
+def heldout_scenes(n: int) -> list[Scene]:
+    """The fixed held-out set: seeds disjoint from every training stream."""
+    return [make_scene((EVAL_SEED, i)) for i in range(n)]
+
+
+def evaluate_generalist(
+    sam, n_scenes: int = 1000, strategies: tuple[str, ...] = ("center", "box", "random3")
+) -> dict[str, float]:
+    """Zero-shot mIoU on held-out scenes per prompt strategy (single-mask output, 256 px)."""
+    sam.eval()
+    scenes = heldout_scenes(n_scenes)
+    emb = encode(sam, [s.image for s in scenes], batch_size=32)
+    out: dict[str, float] = {}
+    for strat in strategies:
+        rng = np.random.default_rng((EVAL_SEED, 1))
+        rows, prompts, gts = [], [], []
+        for i, sc in enumerate(scenes):
+            for m, box_only in zip(sc.targets, sc.box_only):
+                if box_only and strat != "box":
+                    continue
+                p: Prompt | None = make_prompt(m, strat, rng)
+                if p is None:
+                    continue
+                rows.append(i)
+                prompts.append(p)
+                gts.append(m)
+        preds = predict_masks(sam, emb[torch.tensor(rows)], prompts, [m.shape for m in gts])
+        out[strat] = float(np.mean([mask_iou(p, g) for p, g in zip(preds, gts)]))
+    out["n_targets"] = len(gts)  # of the last strategy
+    return out
+
+
+def _save_atomic(obj: object, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def pretrain(
+    cfg: PretrainConfig,
+    ckpt_path: Path,
+    out_path: Path | None,
+    ckpt_minutes: float = 3.0,
+    stop_after: int | None = None,
+    log_every: int = 25,
+) -> dict:
+    """Train (resuming from ``ckpt_path`` when it exists); returns the run's summary."""
+    torch.manual_seed(cfg.seed)
+    sam = build_tiny_sam(cfg.name)
+    opt = torch.optim.AdamW(sam.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, elapsed = 0, 0.0
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=True)
+        if state["config"] != asdict(cfg):
+            raise UserError(
+                f"checkpoint {ckpt_path} was written with different settings {state['config']}; "
+                "pass the same settings to resume, or delete it to start over"
+            )
+        sam.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, elapsed = int(state["step"]), float(state["elapsed"])
+        print(f"resuming {cfg.name} at step {step}/{cfg.steps} from {ckpt_path}", flush=True)
+    sam.train()
+    t0, last_ckpt, ema = time.time() - elapsed, time.time(), None
+    end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
+
+    def checkpoint() -> None:
+        _save_atomic(
+            {"model": sam.state_dict(), "optimizer": opt.state_dict(), "step": step,
+             "elapsed": time.time() - t0, "config": asdict(cfg)},
+            ckpt_path,
+        )
+
+    while step < end:
+        loss = train_step(sam, opt, cfg, step)
+        ema = loss if ema is None else 0.98 * ema + 0.02 * loss
+        step += 1
+        if step % log_every == 0 or step == end:
+            rate = step / max(time.time() - t0, 1e-9)
+            print(f"{cfg.name} step {step}/{cfg.steps} loss {ema:.4f} lr {lr_at(cfg, step - 1):.2e} "
+                  f"({rate:.2f} steps/s)", flush=True)
+        if time.time() - last_ckpt > ckpt_minutes * 60:
+            checkpoint()
+            last_ckpt = time.time()
+    checkpoint()
+    summary = {"name": cfg.name, "config": asdict(cfg), "step": step,
+               "params": count_parameters(sam), "train_seconds": round(time.time() - t0, 1)}
+    if step >= cfg.steps and out_path is not None:
+        _save_atomic({k: v.clone() for k, v in sam.state_dict().items()}, out_path)
+        print(f"wrote {out_path}", flush=True)
+    return summary
+
+
+def load_shipped(name: str):
+    """The committed weights of a tiny generalist, loaded with weights_only=True."""
+    path = WEIGHTS_DIR / f"{name}.pt"
+    if not path.exists():
+        raise UserError(f"no weights for {name} at {path}; run python -m specialsam.pretrain --size {name[-1]}")
+    sam = build_tiny_sam(name)
+    sam.load_state_dict(torch.load(path, weights_only=True))
+    return sam.eval()
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", choices=["s", "m"], default="s")
+    ap.add_argument("--steps", type=int, help="total optimizer steps (default: the shipped run's)")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 per job on small CPUs)")
+    ap.add_argument("--checkpoint", type=Path, help="resume file (default checkpoints/pretrain-<name>.pt)")
+    ap.add_argument("--out", type=Path, help="final weights (default: the package's weights/<name>.pt "
+                    "for the shipped settings, else next to the checkpoint)")
+    ap.add_argument("--checkpoint-minutes", type=float, default=3.0)
+    ap.add_argument("--stop-after", type=int, help="stop after this many steps (resume later)")
+    ap.add_argument("--eval-only", action="store_true", help="measure the shipped weights and exit")
+    ap.add_argument("--eval-scenes", type=int, default=1000)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    shipped = SHIPPED[args.size]
+    name = f"tiny-{args.size}"
+    if args.eval_only:
+        res = evaluate_generalist(load_shipped(name), args.eval_scenes)
+        print(json.dumps({name: res}, indent=2))
+        return
+    cfg = PretrainConfig(
+        size=args.size, steps=args.steps or shipped.steps, batch=args.batch,
+        lr=args.lr or shipped.lr, seed=args.seed,
+    )
+    is_shipped = asdict(cfg) == asdict(shipped)
+    ckpt = args.checkpoint or Path("checkpoints") / f"pretrain-{name}{'' if is_shipped else '-custom'}.pt"
+    out = args.out or (WEIGHTS_DIR / f"{name}.pt" if is_shipped else ckpt.with_name(f"{name}-weights.pt"))
+    summary = pretrain(cfg, ckpt, out, args.checkpoint_minutes, args.stop_after)
+    if summary["step"] < cfg.steps:
+        print(f"stopped at step {summary['step']}; rerun the same command to resume", flush=True)
+        return
+    if is_shipped or args.eval_scenes:
+        sam = build_tiny_sam(name)
+        sam.load_state_dict(torch.load(out, weights_only=True))
+        n_eval = args.eval_scenes if is_shipped else min(args.eval_scenes, 100)
+        summary["zero_shot_miou"] = evaluate_generalist(sam, n_eval)
+        summary["eval_scenes"] = n_eval
+    summary["machine"] = f"{platform.processor() or platform.machine()}, {args.threads} torch thread(s)"
+    summary["python"] = sys.version.split()[0]
+    summary["torch"] = torch.__version__
+    card = out.with_suffix(".json")
+    card.write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2), flush=True)
+
+
+SHIPPED = {
+    "s": PretrainConfig(size="s", steps=2400, lr=2e-3),
+    "m": PretrainConfig(size="m", steps=4000, lr=1.5e-3),
+}
+
+if __name__ == "__main__":
+    main()

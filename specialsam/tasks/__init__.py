@@ -1,0 +1,54 @@
+"""Tasks: a dataset layout + a prompt protocol, turned into train/val/test samples.
+
+Each task module exposes ``Options`` (a dataclass of its ``data:`` settings, with defaults) and
+``load(data_root, options, seed) -> TaskData``. ``data_root=None`` means "no real data": the
+module returns its procedural stand-in, labelled ``data="procedural"``. A given but missing or
+malformed root is a ``UserError``, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from specialsam.errors import UserError
+from specialsam.tasks.base import TaskData
+
+TASKS: dict[str, str] = {
+    "carpet": "specialsam.tasks.carpet",  # MVTec AD (any category) + synthetic defects
+    "wood": "specialsam.tasks.wood",  # wood-texture mosaics
+    "camouflage": "specialsam.tasks.camouflage",  # COD10K-v3 (+ CAMO/CHAMELEON/NC4K test sets)
+    "folder": "specialsam.tasks.folder",  # bring your own: images/ + masks/
+}
+
+
+def task_module(name: str) -> ModuleType:
+    if name not in TASKS:
+        raise UserError(f"unknown task {name!r}; choose from {', '.join(sorted(TASKS))}")
+    return importlib.import_module(TASKS[name])
+
+
+def task_options(name: str, values: dict[str, Any] | None = None) -> Any:
+    """The task's ``Options`` built from a mapping; an unknown key is a one-line error naming it."""
+    cls = task_module(name).Options
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values or {}) - known)
+    if unknown:
+        raise UserError(
+            f"unknown data setting 'data.{unknown[0]}' for task {name}; known: {', '.join(sorted(known))}"
+        )
+    return cls(**(values or {}))
+
+
+def load_task(
+    name: str, data_root: Path | str | None = None, options: dict[str, Any] | None = None, seed: int = 0
+) -> TaskData:
+    """Load a task's split samples (real data under ``data_root``, else its procedural stand-in)."""
+    module = task_module(name)
+    root = Path(data_root).expanduser() if data_root else None
+    if root is not None and not root.exists():
+        raise UserError(f"data root {root} does not exist; pass --data-root pointing at the {name} dataset")
+    return module.load(root, task_options(name, options), seed)

@@ -1,0 +1,59 @@
+"""What every task hands to the rest of the library: samples in a fixed train/val/test split.
+
+A task knows a dataset layout (or generates a procedural stand-in) and nothing about models,
+caches or training. Splits are fixed by the task's seed so every trial of a sweep sees the same
+samples; ``train`` is ordered so that the first ``n`` samples form the training set of size ``n``
+(nested subsets make a learning curve comparable across sizes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+DataKind = Literal["real", "procedural"]
+
+
+@dataclass(frozen=True, eq=False)
+class Sample:
+    """One image with one binary target mask (one prompt target)."""
+
+    key: str
+    """Stable unique id (relative path, synthetic index...): appears in reports and overlays."""
+    image: np.ndarray
+    """H x W x 3 uint8 RGB."""
+    mask: np.ndarray
+    """H x W bool; the object the prompt points at."""
+    category: str = ""
+    """Optional group for per-category metrics (MVTec defect type, COD10K super-class...)."""
+
+    def image_hash(self) -> str:
+        """Content hash of the image: the embedding cache key, so a changed file is never stale."""
+        h = hashlib.sha256()
+        h.update(str(self.image.shape).encode())
+        h.update(np.ascontiguousarray(self.image).tobytes())
+        return h.hexdigest()[:32]
+
+
+@dataclass
+class TaskData:
+    """A task's samples, split once and for all."""
+
+    name: str
+    data: DataKind
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample]
+    source: str = ""
+    """Where the samples came from (data root, or the stand-in's description)."""
+    notes: list[str] = field(default_factory=list)
+    """Lines for the terminal, e.g. how to point at the real data when the stand-in is used."""
+
+    def summary(self) -> str:
+        return (
+            f"{self.name} ({self.data}): train {len(self.train)}, val {len(self.val)}, "
+            f"test {len(self.test)} from {self.source}"
+        )
