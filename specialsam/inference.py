@@ -61,16 +61,20 @@ class PromptBatch:
 
     @staticmethod
     def stack(
-        prompts: Sequence[Prompt], original_hws: Sequence[tuple[int, int]], side: int
+        prompts: Sequence[Prompt],
+        original_hws: Sequence[tuple[int, int]],
+        side: int,
+        in_model_frame: bool = False,
     ) -> PromptBatch:
-        coords = np.stack([to_model_coords(p, hw, side) for p, hw in zip(prompts, original_hws)])
+        if in_model_frame:
+            coords = np.stack([p.coords for p in prompts]).astype(np.float32)
+        else:
+            coords = np.stack([to_model_coords(p, hw, side) for p, hw in zip(prompts, original_hws)])
         labels = np.stack([p.labels for p in prompts])
         return PromptBatch(torch.from_numpy(coords), torch.from_numpy(labels))
 
 
-def select_logits(
-    masks: torch.Tensor, iou_pred: torch.Tensor, mask_selection: str
-) -> torch.Tensor:
+def select_logits(masks: torch.Tensor, iou_pred: torch.Tensor, mask_selection: str) -> torch.Tensor:
     """(P, 1+M, h, w) decoder logits -> (P, h, w) chosen per the protocol."""
     if mask_selection == "single":
         return masks[:, 0]
@@ -88,18 +92,24 @@ def predict_masks(
     original_hws: Sequence[tuple[int, int]],
     mask_selection: str = "single",
     batch_size: int = 64,
+    prompts_in_model_frame: bool = False,
 ) -> list[np.ndarray]:
-    """Binary masks at each sample's original resolution; ``embeddings`` has one row per prompt."""
+    """Binary masks at each sample's original resolution; ``embeddings`` has one row per prompt.
+
+    Prompts are in original-image pixels, or already in model-input pixels when
+    ``prompts_in_model_frame`` (as packs store them)."""
     side = model_side(sam)
     device = next(sam.parameters()).device
     out: list[np.ndarray] = []
     for i in range(0, len(prompts), batch_size):
-        pb = PromptBatch.stack(prompts[i : i + batch_size], original_hws[i : i + batch_size], side)
+        pb = PromptBatch.stack(
+            prompts[i : i + batch_size], original_hws[i : i + batch_size], side, prompts_in_model_frame
+        )
         emb = embeddings[i : i + batch_size].to(device=device, dtype=torch.float32)
         masks, iou = decode_batched(
             sam.mask_decoder, sam.prompt_encoder, emb, pb.coords.to(device), pb.labels.to(device)
         )
-        logits = select_logits(masks, iou, mask_selection)
+        logits = select_logits(masks, iou, mask_selection).float()
         for j, hw in enumerate(original_hws[i : i + batch_size]):
             up = sam.postprocess_masks(logits[j][None, None], input_size(hw, side), hw)
             out.append((up[0, 0] > sam.mask_threshold).cpu().numpy())

@@ -36,9 +36,7 @@ def _points(xy: np.ndarray) -> Prompt:
 
 
 def _box(x0: float, y0: float, x1: float, y1: float) -> Prompt:
-    return Prompt(
-        np.array([[x0, y0], [x1, y1]], np.float32), np.array([BOX_TL, BOX_BR], np.int64)
-    )
+    return Prompt(np.array([[x0, y0], [x1, y1]], np.float32), np.array([BOX_TL, BOX_BR], np.int64))
 
 
 def _snap_inside(mask: np.ndarray, x: float, y: float) -> tuple[float, float]:

@@ -20,6 +20,8 @@ import numpy as np
 
 SIZE = 256
 MIN_AREA = 24
+HELDOUT_SEED = 999_999
+"""Held-out scenes use (HELDOUT_SEED, i); training streams use 3-tuples, so they never coincide."""
 
 
 @dataclass
@@ -113,7 +115,9 @@ def _random_object(rng: np.random.Generator, size: int) -> np.ndarray:
     if u < 0.12:
         return _shape_mask(rng, size, "line", 0)
     if u < 0.24:  # small object
-        return _shape_mask(rng, size, str(rng.choice(["ellipse", "polygon", "blob"])), rng.uniform(0.02, 0.05))
+        return _shape_mask(
+            rng, size, str(rng.choice(["ellipse", "polygon", "blob"])), rng.uniform(0.02, 0.05)
+        )
     kind = str(rng.choice(["ellipse", "polygon", "blob"]))
     return _shape_mask(rng, size, kind, rng.uniform(0.08, 0.3))
 
@@ -138,7 +142,9 @@ def make_scene(seed: int | tuple[int, ...], size: int = SIZE) -> Scene:
         texture_defined = rng.random() < 0.15
         colour = bg_colour + rng.normal(0, 12, 3) if texture_defined else _distinct_colour(rng, colours)
         colours.append(colour)
-        tex = _texture(rng, size, colour, int(rng.integers(1, 4)) if texture_defined else int(rng.integers(4)))
+        tex = _texture(
+            rng, size, colour, int(rng.integers(1, 4)) if texture_defined else int(rng.integers(4))
+        )
         img[m] = tex[m]
         layers.append((m, None))
         if not texture_defined and m.sum() > 1500 and rng.random() < 0.3:  # nested part
@@ -147,8 +153,14 @@ def make_scene(seed: int | tuple[int, ...], size: int = SIZE) -> Scene:
             cy, cx = ys.mean(), xs.mean()
             rad = np.sqrt(m.sum() / np.pi) * rng.uniform(0.25, 0.5)
             cv2.ellipse(
-                part.view(np.uint8), (int(cx), int(cy)),
-                (max(2, int(rad)), max(2, int(rad * rng.uniform(0.5, 1)))), rng.uniform(0, 180), 0, 360, 1, -1,
+                part.view(np.uint8),
+                (int(cx), int(cy)),
+                (max(2, int(rad)), max(2, int(rad * rng.uniform(0.5, 1)))),
+                rng.uniform(0, 180),
+                0,
+                360,
+                1,
+                -1,
             )
             part &= m
             if part.sum() >= MIN_AREA:
@@ -166,7 +178,7 @@ def make_scene(seed: int | tuple[int, ...], size: int = SIZE) -> Scene:
     # Visible masks: each layer minus everything drawn after it, except its own parts
     # (a whole object's mask includes its part); parts are targets on their own too.
     targets, box_only = [], []
-    for i, (m, parent) in enumerate(layers):
+    for i, (m, _parent) in enumerate(layers):
         later = np.zeros_like(m)
         for j in range(i + 1, len(layers)):
             if layers[j][1] != i:
@@ -186,3 +198,22 @@ def make_scene(seed: int | tuple[int, ...], size: int = SIZE) -> Scene:
                 targets.append(body)
                 box_only.append(False)
     return Scene(img, targets, box_only)
+
+
+def heldout_scenes(n: int, offset: int = 0) -> list[Scene]:
+    """The fixed held-out set (pretraining eval uses 0..999; retention uses offset 10,000)."""
+    return [make_scene((HELDOUT_SEED, offset + i)) for i in range(n)]
+
+
+def retention_samples(n: int = 200):
+    """A fixed general-purpose set: one point-promptable object per held-out scene.
+
+    Used to measure *retention* - how much general skill a specialised decoder keeps."""
+    from specialsam.tasks.base import Sample
+
+    out = []
+    for i, sc in enumerate(heldout_scenes(n, offset=10_000)):
+        j = next((k for k, b in enumerate(sc.box_only) if not b), None)
+        if j is not None:
+            out.append(Sample(key=f"generalist-scene-{10_000 + i}", image=sc.image, mask=sc.targets[j]))
+    return out

@@ -45,9 +45,7 @@ TINY_CONFIGS: dict[str, TinyConfig] = {
 
 class ConvBNAct(nn.Sequential):
     def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
-        super().__init__(
-            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.GELU()
-        )
+        super().__init__(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.GELU())
 
 
 class ResBlock(nn.Module):
@@ -70,9 +68,7 @@ class AttnBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(
-            nn.Linear(dim, dim * mlp_ratio), nn.GELU(), nn.Linear(dim * mlp_ratio, dim)
-        )
+        self.mlp = nn.Sequential(nn.Linear(dim, dim * mlp_ratio), nn.GELU(), nn.Linear(dim * mlp_ratio, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm1(x)

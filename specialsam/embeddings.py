@@ -1,0 +1,154 @@
+"""Content-addressed cache of image embeddings: the encoder runs once per (model, image).
+
+An entry's key hashes everything the embedding depends on: model name, checkpoint SHA-256, the
+image's content hash and the preprocessing. A changed image or checkpoint therefore gets a new key
+and is recomputed, never served stale. Entries are float16 ``.npy`` files (memory-mappable, so a
+trial streams what it needs instead of loading a whole training set) with a JSON sidecar that is
+written last: an entry exists only once its sidecar does, and the sidecar carries the SHA-256 of
+the array file, so a truncated or torn write is detected and recomputed, never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from segment_anything.modeling import Sam
+from tqdm.auto import tqdm
+
+from specialsam.inference import encode, model_side
+
+PREPROCESSING_VERSION = "resize-longest+sam-norm+pad/v1"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SPECIALSAM_CACHE", Path.home() / ".cache" / "specialsam"))
+
+
+def preprocessing_id(sam: Sam) -> str:
+    return f"{PREPROCESSING_VERSION}/side={model_side(sam)}"
+
+
+def entry_key(model: str, checkpoint_sha: str, image_hash: str, preprocessing: str) -> str:
+    h = hashlib.sha256("|".join([model, checkpoint_sha, image_hash, preprocessing]).encode())
+    return h.hexdigest()[:40]
+
+
+def _file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder + rename: readers see all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What an embedding depends on besides the image."""
+
+    name: str
+    checkpoint_sha: str
+    preprocessing: str
+
+    def key(self, image_hash: str) -> str:
+        return entry_key(self.name, self.checkpoint_sha, image_hash, self.preprocessing)
+
+
+class EmbeddingCache:
+    """Folder of ``<key[:2]>/<key>.npy`` + ``.json`` entries; safe for concurrent writers."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.encoder_calls = 0  # images actually encoded by this instance (tests, benchmarks)
+
+    def _paths(self, key: str) -> tuple[Path, Path]:
+        d = self.root / "embeddings" / key[:2]
+        return d / f"{key}.npy", d / f"{key}.json"
+
+    def has(self, key: str, verify: bool = False) -> bool:
+        arr, meta = self._paths(key)
+        if not (meta.exists() and arr.exists()):
+            return False
+        if verify:
+            try:
+                return json.loads(meta.read_text())["sha256"] == _file_sha(arr)
+            except (OSError, ValueError, KeyError):
+                return False
+        return True
+
+    def load(self, key: str, mmap: bool = True) -> np.ndarray:
+        arr, _ = self._paths(key)
+        return np.load(arr, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+    def put(self, key: str, embedding: np.ndarray, meta: dict) -> None:
+        arr, meta_path = self._paths(key)
+        atomic_save_npy(arr, embedding.astype(np.float16))
+        record = dict(meta, sha256=_file_sha(arr), dtype="float16", shape=list(embedding.shape))
+        atomic_write_bytes(meta_path, json.dumps(record, sort_keys=True).encode())
+
+    def precompute(
+        self,
+        sam: Sam,
+        identity: ModelIdentity,
+        images: Sequence[np.ndarray],
+        image_hashes: Sequence[str],
+        batch_size: int = 8,
+        verify: bool = False,
+        progress: bool = True,
+        desc: str = "encoding",
+    ) -> list[str]:
+        """Keys for all images, running the encoder only on those not cached yet."""
+        keys = [identity.key(h) for h in image_hashes]
+        todo = sorted({k: i for i, k in enumerate(keys) if not self.has(k, verify)}.items())
+        bar = tqdm(
+            total=len(todo), desc=f"{desc} ({identity.name})", unit="img", disable=not progress or not todo
+        )
+        for s in range(0, len(todo), batch_size):
+            chunk = todo[s : s + batch_size]
+            with torch.no_grad():
+                emb = encode(sam, [images[i] for _, i in chunk], batch_size=batch_size)
+            self.encoder_calls += len(chunk)
+            for (key, i), e in zip(chunk, emb.cpu().numpy()):
+                self.put(
+                    key,
+                    e,
+                    {
+                        "model": identity.name,
+                        "checkpoint_sha": identity.checkpoint_sha,
+                        "image_hash": image_hashes[i],
+                        "preprocessing": identity.preprocessing,
+                    },
+                )
+            bar.update(len(chunk))
+        bar.close()
+        return keys

@@ -1,0 +1,124 @@
+"""The rules' two plots, drawn on an Agg canvas (no pyplot, no global backend state, safe in workers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from specialsam.rules import BaselineRuleReport, DataRuleReport
+
+_MARKERS = "osD^v<>Pph*X"
+
+
+def _figure(size: tuple[float, float] = (7.0, 5.0)) -> tuple[Figure, object]:
+    fig = Figure(figsize=size, dpi=110)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path
+
+
+def _colors(names: list[str]) -> dict[str, object]:
+    cycle = [f"C{i % 10}" for i in range(len(names))]
+    return dict(zip(names, cycle, strict=True))
+
+
+def plot_gain_vs_baseline(report: BaselineRuleReport, path: Path, title: str = "gain vs baseline") -> Path:
+    """Gain (with its 95% CI) against baseline mIoU per (model, prompt), the threshold and y = 0."""
+    fig, ax = _figure()
+    cells = [c for c in report.cells if c.gain is not None]
+    colors = _colors(sorted({c.model for c in cells}))
+    prompts = sorted({c.prompt for c in cells})
+    markers = {p: _MARKERS[i % len(_MARKERS)] for i, p in enumerate(prompts)}
+    for c in cells:
+        g = c.gain
+        ax.errorbar(
+            c.baseline_miou,
+            g.mean,
+            yerr=[[g.mean - g.lo], [g.hi - g.mean]],
+            fmt=markers[c.prompt],
+            color=colors[c.model],
+            capsize=3,
+            ms=6,
+        )
+        ax.annotate(
+            f"{c.model}/{c.prompt}",
+            (c.baseline_miou, g.mean),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=7,
+        )
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.axvline(
+        report.threshold, color="tab:red", ls="--", lw=1, label=f"rule threshold {report.threshold:.0%}"
+    )
+    cx = report.crossover
+    if cx.estimable:
+        xs = np.array(ax.get_xlim())
+        ax.plot(xs, cx.intercept + cx.slope * xs, color="gray", lw=1, label="weighted fit")
+        ax.axvline(cx.x0, color="gray", ls=":", lw=1, label=f"crossover {cx.x0:.3f}")
+        if np.isfinite(cx.lo) and np.isfinite(cx.hi):
+            ax.axvspan(cx.lo, cx.hi, color="gray", alpha=0.12, label="crossover 95% CI")
+        ax.set_xlim(*xs)
+    for m, col in colors.items():
+        ax.plot([], [], "o", color=col, label=m)
+    if len(prompts) > 1:
+        for p, mk in markers.items():
+            ax.plot([], [], mk, color="gray", ls="none", label=f"prompt: {p}")
+    if not cells:
+        ax.text(
+            0.5, 0.5, "no (model, prompt) with both baseline and trials", ha="center", transform=ax.transAxes
+        )
+    ax.set_xlabel("zero-shot baseline mIoU")
+    ax.set_ylabel("gain of fine-tuned decoder (mIoU, 95% CI)")
+    ax.set_title(f"{title} (baseline rule: {report.verdict})")
+    ax.legend(fontsize=7, loc="best")
+    return _save(fig, path)
+
+
+def plot_learning_curve(report: DataRuleReport, path: Path, title: str = "learning curve") -> Path:
+    """Specialised mIoU against n_train (log x) with sd bars, fitted curves, baselines, the claimed n."""
+    fig, ax = _figure()
+    colors = _colors(sorted(report.curves))
+    n_all = [p.n_train for cv in report.curves.values() for p in cv.points]
+    for m, cv in sorted(report.curves.items()):
+        col = colors[m]
+        ns = np.array([p.n_train for p in cv.points], float)
+        ax.errorbar(
+            ns,
+            [p.mean for p in cv.points],
+            yerr=[p.sd for p in cv.points],
+            fmt="o",
+            color=col,
+            capsize=3,
+            label=f"{m} ({cv.verdict})",
+        )
+        if cv.fit.ok:
+            grid = np.geomspace(ns.min() / 1.5, max(ns.max(), report.claimed_n) * 1.5, 200)
+            ax.plot(grid, cv.fit.predict(grid), color=col, lw=1.2)
+            lo, hi = cv.fit.n95_ci
+            ax.axvline(cv.fit.n95, color=col, ls=":", lw=0.8)
+            ax.axvspan(lo, hi, color=col, alpha=0.08)
+        if cv.baseline_miou is not None:
+            ax.axhline(cv.baseline_miou, color=col, ls="--", lw=1, label=f"{m} baseline")
+    ax.axvline(report.claimed_n, color="k", ls="-.", lw=1, label=f"claimed {report.claimed_n:,}")
+    if n_all:
+        ax.set_xscale("log")
+    else:
+        ax.text(0.5, 0.5, "no fine-tuning results", ha="center", transform=ax.transAxes)
+    ax.set_xlabel("training samples (n_train, log scale)")
+    ax.set_ylabel(f"test mIoU ({report.primary_prompt} prompt)")
+    ax.set_title(f"{title} (data rule: {report.verdict}); dotted: n95")
+    ax.legend(fontsize=7, loc="best")
+    return _save(fig, path)

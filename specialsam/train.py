@@ -1,0 +1,305 @@
+"""Fine-tune SAM's mask decoder on cached embeddings.
+
+Only the mask decoder learns (the study's setting); the image encoder never runs here and the
+prompt encoder stays frozen. A batch is a true batch of different images, one prompt each, in one
+decoder forward pass (``decode_batched``). The loss is computed on the decoder's single-mask
+logits upsampled to the pack's loss resolution (256 px by default, so 2-5 px defects stay
+visible), only inside the image (not the padding). The budget is both epochs and optimizer steps,
+so trials of different training-set sizes have predictable cost; warmup + cosine follow the
+budget. Validation mIoU each epoch drives early stopping and the kept (best) decoder.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import Sam
+
+from specialsam.device import DeviceChoice, select_device
+from specialsam.modeling.batched import decode_batched
+from specialsam.pack import Pack, Split
+from specialsam.prompts import training_prompt
+
+
+class TrainingFailed(RuntimeError):
+    """The trial cannot go on (e.g. the loss became NaN): the sweep marks it failed, with this reason."""
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    bce_weight: float = 0.5
+    dice_weight: float = 0.5
+    focal_weight: float = 0.0
+    point_fraction: float = 0.5
+    n_train: int = 500
+    epochs: int = 10
+    max_steps: int = 0
+    """Optimizer-step budget (0: epochs alone decide)."""
+    batch_size: int = 16
+    warmup_fraction: float = 0.05
+    patience: int = 3
+    """Epochs without validation improvement before stopping (0: never stop early)."""
+    grad_clip: float = 1.0
+    seed: int = 0
+
+    def validate(self) -> None:
+        from specialsam.errors import UserError
+
+        if not self.lr > 0:
+            raise UserError(f"lr must be > 0, got {self.lr}")
+        if min(self.bce_weight, self.dice_weight, self.focal_weight) < 0:
+            raise UserError("loss weights must be >= 0")
+        if self.bce_weight + self.dice_weight + self.focal_weight <= 0:
+            raise UserError("bce_weight, dice_weight and focal_weight are all 0: the loss would be empty")
+        if not 0 <= self.point_fraction <= 1:
+            raise UserError(f"point_fraction must be in [0, 1], got {self.point_fraction}")
+        if self.n_train < 1 or self.epochs < 1 or self.batch_size < 1:
+            raise UserError("n_train, epochs and batch_size must be >= 1")
+
+
+@dataclass
+class TrainResult:
+    decoder_state: dict[str, torch.Tensor]
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_val_miou: float
+    steps: int
+    seconds: float
+    health: list[str] = field(default_factory=list)
+    stopped_early: bool = False
+    samples_seen: int = 0
+
+    @property
+    def health_tag(self) -> str:
+        return ",".join(self.health) if self.health else "ok"
+
+
+def binary_target(soft: np.ndarray) -> np.ndarray:
+    """Soft uint8 frame mask -> bool; thin structures below half coverage still count."""
+    m = soft >= 128
+    return m if m.any() else soft > 0
+
+
+def segmentation_loss(
+    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, cfg: TrainConfig
+) -> torch.Tensor:
+    """Per-sample weighted BCE + Dice (+ focal) over the valid region; shapes (B, R, R)."""
+    area = valid.sum((-2, -1)).clamp(min=1)
+    losses = torch.zeros(logits.shape[0], device=logits.device)
+    if cfg.bce_weight or cfg.focal_weight:
+        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    if cfg.bce_weight:
+        losses = losses + cfg.bce_weight * (bce * valid).sum((-2, -1)) / area
+    if cfg.focal_weight:  # sigmoid focal loss (alpha 0.25, gamma 2), as SAM's paper
+        p = logits.sigmoid()
+        p_t = p * target + (1 - p) * (1 - target)
+        a_t = 0.25 * target + 0.75 * (1 - target)
+        losses = losses + cfg.focal_weight * (a_t * (1 - p_t) ** 2 * bce * valid).sum((-2, -1)) / area
+    if cfg.dice_weight:
+        p = logits.sigmoid() * valid
+        inter = (p * target).sum((-2, -1))
+        dice = 1 - (2 * inter + 1) / (p.sum((-2, -1)) + (target * valid).sum((-2, -1)) + 1)
+        losses = losses + cfg.dice_weight * dice
+    return losses
+
+
+def _valid_masks(split: Split, idx: list[int], res: int) -> torch.Tensor:
+    v = torch.zeros(len(idx), res, res)
+    for j, i in enumerate(idx):
+        h, w = split.valid_hw[i]
+        v[j, :h, :w] = 1
+    return v
+
+
+def batch_logits(sam: Sam, emb: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor, res: int):
+    masks, _ = decode_batched(sam.mask_decoder, sam.prompt_encoder, emb, coords, labels)
+    return F.interpolate(masks[:, :1], size=(res, res), mode="bilinear", align_corners=False)[:, 0]
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+@torch.no_grad()
+def validation_miou(sam: Sam, split: Split, primary: str, dev: DeviceChoice, batch: int = 64) -> float:
+    """mIoU of the single-mask output at the loss resolution in the model frame (fast, per epoch)."""
+    coords, labels, ok = split.prompts(primary)
+    res = split.pack.loss_res
+    idx_all = [i for i in range(len(split)) if ok[i]]
+    ious = []
+    for s in range(0, len(idx_all), batch):
+        idx = idx_all[s : s + batch]
+        emb = torch.from_numpy(split.embeddings(idx)).to(dev.device)
+        with dev.autocast():
+            logits = batch_logits(
+                sam,
+                emb,
+                torch.from_numpy(coords[idx]).to(dev.device),
+                torch.from_numpy(labels[idx]).to(dev.device),
+                res,
+            )
+        pred = (logits.float() > 0).cpu().numpy()
+        for j, i in enumerate(idx):
+            h, w = split.valid_hw[i]
+            gt = binary_target(np.asarray(split.masks[i]))[:h, :w]
+            p = pred[j, :h, :w]
+            union = np.logical_or(p, gt).sum()
+            ious.append(1.0 if union == 0 else np.logical_and(p, gt).sum() / union)
+    return float(np.mean(ious)) if ious else float("nan")
+
+
+def _health(history: list[dict[str, float]], step_losses: list[float]) -> list[str]:
+    flags = []
+    if any(h["train_loss"] < 0.01 for h in history):
+        flags.append("collapse")
+    arr = np.asarray(step_losses)
+    if len(arr) > 25:
+        for k in range(20, len(arr)):
+            med = np.median(arr[k - 20 : k])
+            if arr[k] > 3 * med and arr[k] - med > 0.2:
+                flags.append("spike")
+                break
+    vals = [h["val_miou"] for h in history]
+    trains = [h["train_loss"] for h in history]
+    if len(vals) >= 3:
+        best = int(np.argmax(vals))
+        if vals[-1] < vals[best] - 0.05 and trains[-1] < trains[best]:
+            flags.append("divergence")
+    return flags
+
+
+def train_decoder(
+    sam: Sam,
+    pack: Pack,
+    cfg: TrainConfig,
+    dev: DeviceChoice | None = None,
+    on_epoch: Callable[[int, dict[str, float]], bool | None] | None = None,
+    fault_hook: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Train ``sam.mask_decoder`` in place (then restore the best epoch's weights into it).
+
+    ``on_epoch(epoch, metrics)`` is called after each epoch's validation; returning True stops
+    training (the sweep's scheduler uses it). ``fault_hook(step)`` lets tests inject failures.
+    """
+    cfg.validate()
+    dev = dev or select_device()
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    sam.to(dev.device)
+    sam.eval()  # encoder-side norms frozen; the decoder has no dropout/batchnorm
+    for p in sam.parameters():
+        p.requires_grad_(False)
+    for p in sam.mask_decoder.parameters():
+        p.requires_grad_(True)
+    params = [p for p in sam.mask_decoder.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    train, val = pack.split("train"), pack.split("val")
+    indices = pack.train_indices(cfg.n_train)
+    res, side = pack.loss_res, pack.side
+    primary = pack.manifest["primary"]
+    steps_per_epoch = math.ceil(len(indices) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    warmup = max(1, int(cfg.warmup_fraction * total))
+
+    history: list[dict[str, float]] = []
+    step_losses: list[float] = []
+    best_state = copy.deepcopy(sam.mask_decoder.state_dict())
+    best_val, best_epoch, since_best, step, seen = -1.0, -1, 0, 0, 0
+    t0 = time.time()
+    stopped_early = False
+    for epoch in range(cfg.epochs):
+        if step >= total:
+            break
+        order = rng.permutation(indices)
+        epoch_losses = []
+        for b in range(0, len(order), cfg.batch_size):
+            if step >= total:
+                break
+            idx = [int(i) for i in order[b : b + cfg.batch_size]]
+            soft = np.stack([np.asarray(train.masks[i]) for i in idx])
+            prompts = [training_prompt(binary_target(m), rng, cfg.point_fraction) for m in soft]
+            keep = [j for j, p in enumerate(prompts) if p is not None]
+            if not keep:
+                continue
+            idx = [idx[j] for j in keep]
+            coords = torch.from_numpy(np.stack([prompts[j].coords for j in keep]) * (side / res))
+            labels = torch.from_numpy(np.stack([prompts[j].labels for j in keep]))
+            target = torch.from_numpy(soft[keep].astype(np.float32) / 255.0)
+            emb = torch.from_numpy(train.embeddings(idx))
+            valid = _valid_masks(train, idx, res)
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * _lr_factor(step, total, warmup)
+            with dev.autocast():
+                logits = batch_logits(
+                    sam, emb.to(dev.device), coords.to(dev.device), labels.to(dev.device), res
+                )
+            loss = segmentation_loss(logits.float(), target.to(dev.device), valid.to(dev.device), cfg).mean()
+            if not torch.isfinite(loss):
+                raise TrainingFailed(
+                    f"loss became {float(loss.detach())} at step {step} (epoch {epoch}); "
+                    f"lr {cfg.lr:g} is likely too high"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            step += 1
+            seen += len(idx)
+            step_losses.append(float(loss.detach()))
+            epoch_losses.append(step_losses[-1])
+            if fault_hook is not None:
+                fault_hook(step)
+        val_miou = validation_miou(sam, val, primary, dev)
+        metrics = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
+            "val_miou": val_miou,
+            "steps": step,
+            "seconds": time.time() - t0,
+        }
+        history.append(metrics)
+        if val_miou > best_val:
+            best_val, best_epoch, since_best = val_miou, epoch, 0
+            best_state = copy.deepcopy(sam.mask_decoder.state_dict())
+        else:
+            since_best += 1
+        if on_epoch is not None and on_epoch(epoch, metrics):
+            stopped_early = True
+            break
+        if cfg.patience and since_best >= cfg.patience:
+            stopped_early = True
+            break
+    sam.mask_decoder.load_state_dict(best_state)
+    for p in sam.parameters():
+        p.requires_grad_(False)
+    return TrainResult(
+        decoder_state={k: v.detach().cpu().clone() for k, v in best_state.items()},
+        history=history,
+        best_epoch=best_epoch,
+        best_val_miou=best_val,
+        steps=step,
+        seconds=time.time() - t0,
+        health=_health(history, step_losses),
+        stopped_early=stopped_early,
+        samples_seen=seen,
+    )
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    return asdict(cfg)

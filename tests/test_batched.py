@@ -1,0 +1,71 @@
+"""The batched decoder path computes exactly what SAM's own predictor path computes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from specialsam.modeling.batched import decode_batched, embed_sparse
+from specialsam.modeling.tiny import build_tiny_sam
+
+
+@pytest.fixture(scope="module")
+def sam():
+    torch.manual_seed(0)
+    return build_tiny_sam("tiny-s").eval()
+
+
+def test_points_match_prompt_encoder_and_predict_masks(sam):
+    pe, dec = sam.prompt_encoder, sam.mask_decoder
+    emb = torch.randn(1, 64, 16, 16)
+    pts = torch.tensor([[[40.0, 60.0]], [[200.0, 100.0]], [[128.0, 10.0]]])
+    lab = torch.ones(3, 1, dtype=torch.long)
+    sparse, dense = pe(points=(pts, lab), boxes=None, masks=None)
+    ref_masks, ref_iou = dec.predict_masks(emb, pe.get_dense_pe(), sparse, dense)
+    # our convention: the point plus SAM's padding token
+    coords = torch.cat([pts, torch.zeros(3, 1, 2)], 1)
+    labels = torch.cat([lab, -torch.ones(3, 1, dtype=torch.long)], 1)
+    assert torch.allclose(embed_sparse(pe, coords, labels), sparse, atol=1e-6)
+    masks, iou = decode_batched(dec, pe, emb.expand(3, -1, -1, -1), coords, labels)
+    assert torch.allclose(masks, ref_masks, atol=1e-5)
+    assert torch.allclose(iou, ref_iou, atol=1e-5)
+
+
+def test_boxes_match_prompt_encoder(sam):
+    pe = sam.prompt_encoder
+    boxes = torch.tensor([[10.0, 20.0, 100.0, 200.0], [0.0, 0.0, 255.0, 255.0]])
+    sparse, _ = pe(points=None, boxes=boxes, masks=None)
+    coords = boxes.reshape(2, 2, 2)
+    labels = torch.tensor([[2, 3], [2, 3]])
+    assert torch.allclose(embed_sparse(pe, coords, labels), sparse, atol=1e-6)
+
+
+def test_batch_of_different_images_equals_one_image_at_a_time(sam):
+    pe, dec = sam.prompt_encoder, sam.mask_decoder
+    embs = torch.randn(4, 64, 16, 16)
+    coords = torch.rand(4, 2, 2) * 255
+    labels = torch.tensor([[1, -1], [2, 3], [1, -1], [2, 3]])
+    coords[1] = coords[1].sort(0).values
+    coords[3] = coords[3].sort(0).values
+    masks, iou = decode_batched(dec, pe, embs, coords, labels)
+    for i in range(4):
+        m1, i1 = decode_batched(dec, pe, embs[i : i + 1], coords[i : i + 1], labels[i : i + 1])
+        assert torch.allclose(masks[i], m1[0], atol=1e-5)
+        assert torch.allclose(iou[i], i1[0], atol=1e-5)
+    # and the images really differ: a batch is not one embedding repeated
+    assert not torch.allclose(masks[0], masks[2])
+
+
+def test_tiny_models_are_sam_classes_of_the_stated_sizes():
+    from segment_anything.modeling import Sam
+
+    from specialsam.modeling.tiny import count_parameters
+
+    s, m = build_tiny_sam("tiny-s"), build_tiny_sam("tiny-m")
+    assert isinstance(s, Sam) and isinstance(m, Sam)
+    assert 0.5e6 <= count_parameters(s) <= 1.0e6
+    assert 1.5e6 <= count_parameters(m) <= 4.0e6
+    out = s.image_encoder(torch.zeros(2, 3, 256, 256))
+    assert out.shape == (2, 64, 16, 16)
+    assert np.isfinite(out.detach().numpy()).all()
