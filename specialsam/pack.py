@@ -23,16 +23,20 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from specialsam.embeddings import EmbeddingCache, ModelIdentity, preprocessing_id
 from specialsam.inference import model_side
+from specialsam.modeling.headless import build_headless, decoder_state, load_decoder_state
 from specialsam.prompts import Prompt, make_prompt, to_model_coords
 from specialsam.tasks.base import Sample, TaskData
 
-PACK_VERSION = 1
+PACK_VERSION = 2
 EVAL_PROMPT_SEED = 1234
+N_THUMBS = 6
+THUMB_SIDE = 256
 
 
 def flipped(sample: Sample) -> Sample:
@@ -165,6 +169,9 @@ def build_pack(
                 np.savez_compressed(
                     tmp / f"{name}_gt.npz", **{f"m{i}": np.packbits(s.mask) for i, s in enumerate(samples)}
                 )
+        _write_thumbs(tmp / "test_thumbs.npz", splits["test"][:N_THUMBS])
+        torch.save(decoder_state(sam), tmp / "decoder.pt")
+        manifest["model_name"] = identity.name
         (tmp / "manifest.json").write_text(json.dumps(manifest))
         folder.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -175,6 +182,18 @@ def build_pack(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def _write_thumbs(path: Path, samples: Sequence[Sample]) -> None:
+    """A few test images, downscaled, so trials can draw overlays without the dataset."""
+    arrays = {}
+    for i, s in enumerate(samples):
+        h, w = s.mask.shape
+        f = min(1.0, THUMB_SIDE / max(h, w))
+        size = (max(1, round(w * f)), max(1, round(h * f)))
+        arrays[f"image{i}"] = cv2.resize(s.image, size, interpolation=cv2.INTER_AREA)
+        arrays[f"mask{i}"] = cv2.resize(s.mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+    np.savez_compressed(path, n=len(samples), **arrays)
 
 
 class Split:
@@ -224,6 +243,16 @@ class Pack:
 
     def split(self, name: str) -> Split:
         return Split(self, name)
+
+    def headless_model(self) -> Sam:
+        """The pack's model without its encoder, with the base (pretrained) decoder weights."""
+        sam = build_headless(self.manifest["model_name"])
+        load_decoder_state(sam, torch.load(self.folder / "decoder.pt", weights_only=True))
+        return sam.eval()
+
+    def thumbnails(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        z = np.load(self.folder / "test_thumbs.npz")
+        return [(z[f"image{i}"], z[f"mask{i}"]) for i in range(int(z["n"]))]
 
     def has(self, name: str) -> bool:
         return name in self.manifest["splits"]

@@ -188,9 +188,17 @@ def pretrain(
     sam = build_tiny_sam(cfg.name)
     opt = torch.optim.AdamW(sam.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, elapsed = 0, 0.0
+    notes: list[str] = []
     if ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=True)
-        if state["config"] != asdict(cfg):
+        old, notes = state["config"], list(state.get("notes", []))
+        if {**old, "steps": cfg.steps} == asdict(cfg) and old["steps"] != cfg.steps:
+            # Only the budget changed: continue the same run (same data stream, optimizer state);
+            # the cosine schedule follows the new total from here on. Recorded in the card.
+            note = f"steps changed from {old['steps']} to {cfg.steps} at step {state['step']}"
+            print(f"resuming with {note}", flush=True)
+            notes.append(note)
+        elif old != asdict(cfg):
             raise UserError(
                 f"checkpoint {ckpt_path} was written with different settings {state['config']}; "
                 "pass the same settings to resume, or delete it to start over"
@@ -211,6 +219,7 @@ def pretrain(
                 "step": step,
                 "elapsed": time.time() - t0,
                 "config": asdict(cfg),
+                "notes": notes,
             },
             ckpt_path,
         )
@@ -236,6 +245,7 @@ def pretrain(
         "step": step,
         "params": count_parameters(sam),
         "train_seconds": round(time.time() - t0, 1),
+        "notes": notes,
     }
     if step >= cfg.steps and out_path is not None:
         _save_atomic({k: v.clone() for k, v in sam.state_dict().items()}, out_path)
@@ -313,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
 
 SHIPPED = {
     "s": PretrainConfig(size="s", steps=2400, lr=2e-3),
-    "m": PretrainConfig(size="m", steps=4000, lr=1.5e-3),
+    "m": PretrainConfig(size="m", steps=3200, lr=1.5e-3),
 }
 
 if __name__ == "__main__":

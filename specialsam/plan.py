@@ -1,0 +1,92 @@
+"""``--plan``: what a sweep will cost, before anything runs.
+
+Counts trials per phase, encoder passes still to do (checked against the cache, so a second
+identical sweep plans zero), the cache's size on disk, and a rough compute estimate from
+throughput figures measured in benchmarks/README.md (samples/s of decoder training and images/s
+of the encoder, per model family and device). The estimate is an upper bound for phase A: ASHA
+stops part of its trials early.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Measured on this project's reference 2-core CPU machine, one torch thread per trial
+# (benchmarks/README.md); GPU figures are rough until measured on one.
+TRAIN_SAMPLES_PER_S = {"tiny": {"cpu": 120.0, "cuda": 3000.0}, "sam": {"cpu": 8.0, "cuda": 600.0}}
+ENCODE_IMAGES_PER_S = {
+    "tiny-s": {"cpu": 60.0, "cuda": 2000.0}, "tiny-m": {"cpu": 40.0, "cuda": 1500.0},
+    "vit_t": {"cpu": 3.0, "cuda": 80.0}, "vit_b": {"cpu": 0.5, "cuda": 25.0},
+    "vit_l": {"cpu": 0.2, "cuda": 10.0}, "vit_h": {"cpu": 0.12, "cuda": 6.0},
+}
+EMBEDDING_BYTES = {"tiny": 64 * 16 * 16 * 2, "sam": 256 * 64 * 64 * 2}
+
+
+def family(model: str) -> str:
+    return "tiny" if model.startswith("tiny") else "sam"
+
+
+def trial_samples(n_train: int, epochs: int, max_steps: int, batch: int, flip: bool) -> int:
+    n = n_train * (2 if flip else 1)
+    total = n * epochs
+    return min(total, max_steps * batch) if max_steps else total
+
+
+@dataclass
+class ModelPlan:
+    model: str
+    images: int
+    to_encode: int
+    cache_bytes: int
+    train_samples: int
+    encode_seconds: float
+    train_seconds: float
+
+
+@dataclass
+class Plan:
+    phase_a_trials: int
+    phase_b_trials: int
+    models: list[ModelPlan] = field(default_factory=list)
+    parallel: float = 1.0
+    device: str = "cpu"
+
+    @property
+    def total_seconds(self) -> float:
+        enc = sum(m.encode_seconds for m in self.models)
+        return enc + sum(m.train_seconds for m in self.models) / max(self.parallel, 1.0)
+
+    def format(self) -> str:
+        rows = [
+            f"trials: phase A (tune) {self.phase_a_trials}, phase B (learning curve) {self.phase_b_trials}, "
+            f"total {self.phase_a_trials + self.phase_b_trials}",
+            f"{'model':<8} {'images':>8} {'to encode':>10} {'cache':>10} {'train samples':>14} {'est. time':>10}",
+        ]
+        for m in self.models:
+            rows.append(
+                f"{m.model:<8} {m.images:>8} {m.to_encode:>10} {_size(m.cache_bytes):>10} "
+                f"{m.train_samples:>14,} {_duration(m.encode_seconds + m.train_seconds / self.parallel):>10}"
+            )
+        rows.append(
+            f"encoder passes still to run: {sum(m.to_encode for m in self.models)}; cache on disk: "
+            f"{_size(sum(m.cache_bytes for m in self.models))}; estimated compute: "
+            f"~{_duration(self.total_seconds)} on {self.device} with {self.parallel:g} trials at a time "
+            "(rough; phase A is an upper bound because ASHA stops trials early)"
+        )
+        return "\n".join(rows)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PB"
+
+
+def _duration(s: float) -> str:
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"

@@ -1,0 +1,428 @@
+"""The sweep driver behind ``python sweeps/run.py``: task -> cache -> baselines -> phases -> report.
+
+Order matters for "nothing written on bad input": every check that can fail on the user's input
+(tracking server, task data, checkpoints, n_train vs available samples, cluster address, GPUs)
+runs before the first MLflow write. The driver keeps a small state file next to the Tune storage
+(``sweep.json``: parent run, config, phase results) so ``--resume`` continues the same sweep:
+finished trials are not rerun (Tune restores them) and their MLflow runs are reused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from specialsam.config import SweepConfig, config_to_dict
+from specialsam.embeddings import EmbeddingCache, atomic_write_bytes, default_cache_dir
+from specialsam.errors import UserError
+from specialsam.evaluate import score_split
+from specialsam.models import load_model
+from specialsam.pack import Pack, PackSettings, build_pack, model_identity
+from specialsam.plan import (
+    EMBEDDING_BYTES,
+    ENCODE_IMAGES_PER_S,
+    TRAIN_SAMPLES_PER_S,
+    ModelPlan,
+    Plan,
+    family,
+    trial_samples,
+)
+from specialsam.rules import BaselineResult, TrialResult, format_summary, write_report
+from specialsam.scenes import retention_samples
+from specialsam.tasks import load_task
+from specialsam.tracking import ROLE, TRIAL_ID, Tracker, experiment_name, resolve_tracking_uri
+
+
+@dataclass
+class RunOptions:
+    address: str | None = None
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    storage: str | None = None
+    cache_dir: str | None = None
+    checkpoint_dir: str | None = None
+    allow_unverified: bool = False
+    resume: str | None = None  # "latest" or a sweep name
+    plan: bool = False
+    export_dir: str | None = None
+    cwd: Path = field(default_factory=Path.cwd)
+    fault: dict | None = None  # test hook, forwarded to trials
+    quiet: bool = False
+
+
+@dataclass
+class SweepOutcome:
+    parent_run_id: str
+    report: Any
+    sweep_dir: Path
+    verdicts: dict[str, str]
+    summary: str
+    export_paths: tuple[Path, Path] | None
+    trials: list[TrialResult]
+    baselines: list[BaselineResult]
+    tracking_uri: str
+    data_kind: str = "real"
+
+
+def _say(msg: str, opts: RunOptions) -> None:
+    if not opts.quiet:
+        print(msg, flush=True)
+
+
+def _storage(cfg: SweepConfig, opts: RunOptions) -> Path:
+    raw = opts.storage or cfg.storage.tune_dir or str(opts.cwd / "ray_results")
+    if "://" in raw and not raw.startswith("file://"):
+        raise UserError(f"Tune storage {raw!r}: only shared filesystem paths are supported here; mount it and pass the path")
+    return Path(raw.removeprefix("file://")).expanduser().resolve()
+
+
+def _sweep_dir(cfg: SweepConfig, opts: RunOptions) -> tuple[Path, dict | None]:
+    root = _storage(cfg, opts)
+    if opts.resume:
+        if opts.resume == "latest":
+            found = sorted(root.glob(f"{cfg.task}-*/sweep.json"), key=lambda p: p.stat().st_mtime)
+            if not found:
+                raise UserError(f"--resume: no {cfg.task} sweep found under {root}; run without --resume first")
+            folder = found[-1].parent
+        else:
+            folder = root / opts.resume
+            if not (folder / "sweep.json").exists():
+                raise UserError(f"--resume {opts.resume}: no sweep state at {folder}/sweep.json")
+        state = json.loads((folder / "sweep.json").read_text())
+        return folder, state
+    return root / f"{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}", None
+
+
+def _save_state(folder: Path, state: dict) -> None:
+    atomic_write_bytes(folder / "sweep.json", json.dumps(state, indent=2, default=str).encode())
+
+
+def prepare(cfg: SweepConfig, opts: RunOptions):
+    """Load and check everything user-controlled; no side effects beyond reading."""
+    task = load_task(cfg.task, cfg.data_root, cfg.data, cfg.seed)
+    max_n = max([*cfg.curve.n_train, cfg.search.n_train])
+    if max_n > len(task.train):
+        raise UserError(
+            f"n_train {max_n} is larger than the {len(task.train)} training samples available for "
+            f"{cfg.task}; lower curve.n_train / search.n_train or provide more data (e.g. data.n_synthetic)"
+        )
+    task.train = task.train[:max_n]  # the pack encodes only what the grid can use
+    models = {}
+    for name in cfg.models:
+        models[name] = load_model(
+            name, checkpoint_dir=opts.checkpoint_dir, allow_unverified=opts.allow_unverified
+        )
+    return task, models
+
+
+def make_plan(cfg: SweepConfig, task, models, cache: EmbeddingCache, parallel: float, device: str) -> Plan:
+    from specialsam.embeddings import ModelIdentity, preprocessing_id
+
+    train = cfg.train
+    plan = Plan(
+        phase_a_trials=cfg.search.num_samples * len(cfg.models),
+        phase_b_trials=len(cfg.curve.n_train) * len(cfg.curve.seeds) * len(cfg.models),
+        parallel=parallel, device=device,
+    )
+    samples = list(task.train) + list(task.val) + list(task.test)
+    n_ret = cfg.eval.retention_n
+    hashes = [s.image_hash() for s in samples]
+    for name, (sam, info) in models.items():
+        ident = ModelIdentity(name, info.sha256, preprocessing_id(sam))
+        todo = sum(not cache.has(ident.key(h)) for h in hashes)
+        images = len(samples) + len(task.train) * int(train.flip) + n_ret
+        todo += len(task.train) * int(train.flip) + n_ret  # flips/retention: counted, not checked
+        fam = family(name)
+        per_trial_a = trial_samples(cfg.search.n_train, train.epochs, train.max_steps, train.batch_size, train.flip)
+        total = cfg.search.num_samples * per_trial_a + sum(
+            len(cfg.curve.seeds) * trial_samples(n, train.epochs, train.max_steps, train.batch_size, train.flip)
+            for n in cfg.curve.n_train
+        )
+        res = train.loss_res or (256 if fam == "tiny" else 1024)
+        plan.models.append(ModelPlan(
+            model=name, images=images, to_encode=todo,
+            cache_bytes=images * EMBEDDING_BYTES[fam] + len(samples) * res * res,
+            train_samples=total,
+            encode_seconds=todo / ENCODE_IMAGES_PER_S[name][device],
+            train_seconds=total / TRAIN_SAMPLES_PER_S[fam][device],
+        ))
+    return plan
+
+
+def _log_baselines(tracker: Tracker, parent: str, tags: dict, model: str, pack: Pack, cfg: SweepConfig,
+                   existing: dict, sam, dev) -> tuple[dict[str, np.ndarray], float | None]:
+    """Baseline child runs (one per model x strategy), reused on resume; returns per-image IoU."""
+    out: dict[str, np.ndarray] = {}
+    test = pack.split("test")
+    scores = None
+    base_ret = None
+    if pack.has("retention"):
+        base_ret = score_split(sam, pack.split("retention"), [cfg.eval.primary], dev=dev)[cfg.eval.primary].miou
+    for strat in cfg.eval.strategies:
+        key = f"baseline/{model}/{strat}"
+        if key in existing:
+            out[strat] = np.asarray(tracker.download_json(existing[key].info.run_id, "per_image_iou.json")["iou"])
+            continue
+        if scores is None:
+            scores = score_split(sam, test, cfg.eval.strategies, cfg.eval.mask_selection, cfg.eval.extra_metrics, dev)
+        sc = scores[strat]
+        run = tracker.create_run(
+            f"baseline-{model}-{strat}",
+            {**tags, ROLE: "baseline", TRIAL_ID: key, "specialsam.model": model,
+             **sc.protocol.tags(), "specialsam.prompt_protocol": sc.protocol.label()},
+            parent=parent,
+        )
+        tracker.log_params(run, {"model": model, "strategy": strat})
+        metrics = {"test_miou": sc.miou, **{f"test_{k}": v for k, v in sc.means.items() if k != "iou"},
+                   **{f"test_miou.cat.{c}": v for c, v in sc.per_category.items()},
+                   "skipped_empty": sc.skipped_empty}
+        if base_ret is not None and strat == cfg.eval.primary:
+            metrics["retention_miou"] = base_ret
+        tracker.log_metrics(run, metrics)
+        tracker.log_json(run, {"iou": sc.per_image_iou.tolist(), "keys": sc.keys}, "per_image_iou.json")
+        tracker.finish(run)
+        out[strat] = sc.per_image_iou
+    return out, base_ret
+
+
+def _trial_results(records, base_retention: dict[str, float | None]) -> list[TrialResult]:
+    out = []
+    for r in records:
+        if r.record is None:
+            continue
+        rec = r.record
+        p = rec["params"]
+        out.append(TrialResult(
+            trial_id=r.key, model=p["model"], n_train=p["n_train"], seed=p["seed"],
+            params={k: v for k, v in p.items() if k not in ("model", "n_train", "seed")},
+            per_image_iou={s: np.asarray(v["per_image_iou"]) for s, v in rec["test"].items()},
+            val_miou=rec["best_val_miou"], phase=r.phase, health=rec["health"],
+            retention_miou=rec.get("retention_miou"), base_retention_miou=base_retention.get(p["model"]),
+        ))
+    return out
+
+
+def run_sweep(cfg: SweepConfig, opts: RunOptions) -> SweepOutcome | Plan:
+    from specialsam import sweep as tune_wiring
+    from specialsam.device import select_device
+
+    # 1. every check on user input, before anything is written
+    uri = resolve_tracking_uri(opts.tracking_uri, opts.cwd)
+    folder, state = _sweep_dir(cfg, opts)
+    if state is not None and state["config"] != json.loads(json.dumps(config_to_dict(cfg))):
+        raise UserError(f"--resume: the config differs from the one sweep {folder.name} started with; "
+                        "resume with the same config and --set values, or start a new sweep")
+    task, models = prepare(cfg, opts)
+    for line in task.notes:
+        _say(f"note: {line}", opts)
+    cache = EmbeddingCache(Path(opts.cache_dir or cfg.storage.cache_dir or default_cache_dir()).expanduser())
+    dev = select_device()
+    if opts.plan:
+        import os
+
+        parallel = max(1.0, (os.cpu_count() or 1) / cfg.resources.cpus_per_trial)
+        if cfg.resources.max_concurrent:
+            parallel = min(parallel, cfg.resources.max_concurrent)
+        return make_plan(cfg, task, models, cache, parallel, dev.device.type)
+    tune_wiring.init_ray(opts.address)
+    tune_wiring.check_gpus(cfg.resources.gpus_per_trial)
+    tracker = Tracker(uri, opts.experiment or experiment_name(cfg.task))
+
+    # 2. embeddings + packs (the encoder runs here, once per image, never in a trial)
+    settings = PackSettings(loss_res=cfg.train.loss_res, flip=cfg.train.flip,
+                            strategies=tuple(cfg.eval.strategies), primary=cfg.eval.primary)
+    retention = retention_samples(cfg.eval.retention_n) if cfg.eval.retention_n else []
+    packs: dict[str, Pack] = {}
+    for name, (sam, info) in models.items():
+        folder_pack = build_pack(task, sam, model_identity(sam, name, info.sha256), cache, settings, retention,
+                                 progress=not opts.quiet)
+        packs[name] = Pack(folder_pack, cache)
+
+    # 3. parent run (new, or the interrupted one), baselines
+    image_size = {n: int(sam.image_encoder.img_size) for n, (sam, _) in models.items()}
+    common = {"specialsam.task": cfg.task, "specialsam.data": task.data,
+              "specialsam.prompt_protocol": f"{cfg.eval.primary}/{cfg.eval.mask_selection}/original-resolution",
+              "specialsam.primary_prompt": cfg.eval.primary, "specialsam.mask_selection": cfg.eval.mask_selection,
+              "specialsam.scoring": "original-resolution",
+              "specialsam.image_size": ",".join(f"{k}={v}" for k, v in image_size.items())}
+    if state is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        parent = tracker.create_run(folder.name, {**common, ROLE: "sweep", "specialsam.sweep_dir": str(folder),
+                                                  "specialsam.models": ",".join(cfg.models)})
+        tracker.log_params(parent, config_to_dict(cfg))
+        state = {"parent_run_id": parent, "config": config_to_dict(cfg), "best": {}, "done": []}
+        _save_state(folder, state)
+    else:
+        parent = state["parent_run_id"]
+        tracker.client.update_run(parent, status="RUNNING")
+        closed = tracker.close_running(parent)
+        _say(f"resuming sweep {folder.name} (parent run {parent}); {closed} interrupted run(s) marked KILLED", opts)
+    existing = {r.data.tags.get(TRIAL_ID): r for r in tracker.children(parent, "baseline")}
+    baselines: list[BaselineResult] = []
+    baseline_primary, base_ret = {}, {}
+    for name, (sam, info) in models.items():
+        per, base_ret[name] = _log_baselines(tracker, parent, common, name, packs[name], cfg, existing, sam, dev)
+        baselines += [BaselineResult(name, s, v) for s, v in per.items()]
+        baseline_primary[name] = float(np.mean(per[cfg.eval.primary]))
+        _say(f"baseline {name}: " + ", ".join(f"{s} {np.mean(v):.3f}" for s, v in per.items()), opts)
+    log = tune_wiring.SweepLogging(tracker, parent, common, baseline_primary, base_ret, cfg.eval.primary)
+
+    # 4. phases
+    threads = max(1, int(cfg.resources.cpus_per_trial))
+    resources = {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial}
+    ctx_base = {"packs": {n: str(p.folder) for n, p in packs.items()}, "cache_dir": str(cache.root),
+                "threads": threads, "primary": cfg.eval.primary, "strategies": list(cfg.eval.strategies),
+                "mask_selection": cfg.eval.mask_selection, "extra_metrics": cfg.eval.extra_metrics,
+                "fault": opts.fault}
+    train_settings = {k: getattr(cfg.train, k) for k in ("epochs", "max_steps", "batch_size", "patience",
+                                                         "warmup_fraction", "weight_decay")}
+    records = []
+    for name in cfg.models:
+        ctx = {**ctx_base, "phase": "tune", "train": train_settings}
+        space = {**tune_wiring.tune_param_space(cfg.search.space), "model": name,
+                 "n_train": cfg.search.n_train, "seed": cfg.curve.seeds[0]}
+        _say(f"phase A (tune) {name}: {cfg.search.num_samples} trials, {cfg.search.searcher.type} + "
+             f"{cfg.search.scheduler.type}", opts)
+        recs = tune_wiring.run_phase(
+            f"tune-{name}", space, ctx, log, folder, resources, cfg.search.num_samples,
+            cfg.search.searcher.type, cfg.search.searcher.seed,
+            cfg.search.scheduler.model_dump() if cfg.search.scheduler.type == "asha" else None,
+            cfg.resources.max_concurrent,
+        )
+        records += recs
+        best = tune_wiring.best_params(recs) or {}
+        state["best"][name] = best
+        _save_state(folder, state)
+        _say(f"  best {name}: {best}", opts)
+    ctx = {**ctx_base, "phase": "curve", "best": state["best"], "train": {**train_settings, "patience": 0}}
+    from ray import tune
+
+    grid = {"model": tune.grid_search(list(cfg.models)), "n_train": tune.grid_search(list(cfg.curve.n_train)),
+            "seed": tune.grid_search(list(cfg.curve.seeds))}
+    _say(f"phase B (learning curve): {len(cfg.models) * len(cfg.curve.n_train) * len(cfg.curve.seeds)} trials",
+         opts)
+    records += tune_wiring.run_phase("curve", grid, ctx, log, folder, resources, 1, None, 0, None,
+                                     cfg.resources.max_concurrent)
+
+    # 5. rules, report, export
+    trials = _trial_results(records, base_ret)
+    outcome = finish_report(tracker, parent, cfg, task.data, baselines, trials, records, models, opts)
+    tracker.finish(parent)
+    state["done"] = ["tune", "curve"]
+    _save_state(folder, state)
+    outcome.sweep_dir = folder
+    outcome.tracking_uri = uri
+    return outcome
+
+
+def finish_report(tracker: Tracker, parent: str, cfg: SweepConfig, data_kind: str, baselines, trials,
+                  records, models, opts: RunOptions) -> SweepOutcome:
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d)
+        rep = write_report(out, cfg.task, data_kind, baselines, trials, threshold=cfg.rules.threshold,
+                           primary_prompt=cfg.eval.primary, claimed_n=cfg.rules.claimed_n, seed=cfg.seed,
+                           protocol={"prompt": cfg.eval.primary, "mask_selection": cfg.eval.mask_selection,
+                                     "scoring": "original resolution", "split": "test", "data": data_kind})
+        for f in (rep.report_md, rep.gain_plot, rep.curve_plot):
+            tracker.log_artifact(parent, f, "rules")
+        summary = format_summary(rep.summary)
+    tracker.set_tags(parent, rep.tags)
+    export = None
+    if records is not None and models is not None:
+        export = _export_best(tracker, parent, cfg, rep, records, models, opts)
+    return SweepOutcome(parent, rep, Path(), rep.tags, summary, export, trials, baselines, tracker.uri, data_kind)
+
+
+def _export_best(tracker, parent, cfg, rep, records, models, opts):
+    """Export the recommended (else best-validated) model; log decoders of each model's best trial."""
+    from specialsam.export import export_specialised
+
+    by_key = {r.key: r for r in records if r.record is not None and r.checkpoint_dir is not None}
+    best_per_model = {}
+    for r in by_key.values():
+        m = r.params["model"]
+        if m not in best_per_model or r.record["best_val_miou"] > best_per_model[m].record["best_val_miou"]:
+            best_per_model[m] = r
+    for m, r in best_per_model.items():
+        if r.run_id:
+            tracker.log_artifact(r.run_id, r.checkpoint_dir / "decoder.pt")
+            tracker.set_tags(r.run_id, {"specialsam.best_for_model": "true"})
+    cells = [c for c in rep.baseline_report.cells if c.prompt == cfg.eval.primary and c.gain is not None]
+    if not cells:
+        return None
+    best_cell = max(cells, key=lambda c: c.gain.lo)
+    sel = rep.baseline_report.selections.get(best_cell.model)
+    chosen = None
+    if sel is not None:
+        ids = {t.trial_id for t in sel.trials}
+        cands = [by_key[k] for k in ids if k in by_key]
+        chosen = max(cands, key=lambda r: r.record["best_val_miou"]) if cands else None
+    chosen = chosen or best_per_model.get(best_cell.model)
+    if chosen is None:
+        return None
+    sam, _ = models[best_cell.model]
+    state = torch.load(chosen.checkpoint_dir / "decoder.pt", weights_only=True)
+    out_dir = Path(opts.export_dir or (opts.cwd / "exports")).resolve()
+    stem = f"{cfg.task}-{best_cell.model}-specialised"
+    full, dec = export_specialised(sam, state, out_dir, stem)
+    tracker.log_artifact(parent, dec, "export")
+    if full.stat().st_size < 200 * 1024**2:
+        tracker.log_artifact(parent, full, "export")
+    tracker.set_tags(parent, {"specialsam.export.full": str(full), "specialsam.export.trial": chosen.key})
+    return full, dec
+
+
+def analyze_only(cfg: SweepConfig, opts: RunOptions, parent: str) -> SweepOutcome:
+    """Rebuild the rules report of a finished sweep from MLflow alone."""
+    uri = resolve_tracking_uri(opts.tracking_uri, opts.cwd)
+    tracker = Tracker(uri, opts.experiment or experiment_name(cfg.task))
+    try:
+        run = tracker.client.get_run(parent)
+    except Exception as exc:  # noqa: BLE001 - MLflow raises its own exception types
+        raise UserError(f"--analyze-only {parent}: no such run in {uri} ({type(exc).__name__})") from None
+    if run.data.tags.get(ROLE) != "sweep":
+        raise UserError(f"--analyze-only {parent}: run is not a sweep parent run (role={run.data.tags.get(ROLE)})")
+    baselines = []
+    for r in tracker.children(parent, "baseline"):
+        per = tracker.download_json(r.info.run_id, "per_image_iou.json")["iou"]
+        baselines.append(BaselineResult(r.data.params["model"], r.data.params["strategy"], np.asarray(per)))
+    trials = []
+    for r in tracker.children(parent, "trial"):
+        if r.info.status != "FINISHED" or "test_miou." + cfg.eval.primary not in r.data.metrics:
+            continue
+        rec = tracker.download_json(r.info.run_id, "result.json")
+        p = rec["params"]
+        trials.append(TrialResult(
+            trial_id=r.data.tags.get(TRIAL_ID, r.info.run_id), model=p["model"], n_train=p["n_train"],
+            seed=p["seed"], params={k: v for k, v in p.items() if k not in ("model", "n_train", "seed")},
+            per_image_iou={s: np.asarray(v["per_image_iou"]) for s, v in rec["test"].items()},
+            val_miou=rec["best_val_miou"], phase=rec["phase"], health=rec["health"],
+            retention_miou=rec.get("retention_miou"), base_retention_miou=r.data.metrics.get("base_retention_miou"),
+        ))
+    data_kind = run.data.tags.get("specialsam.data", "real")
+    out = finish_report(tracker, parent, cfg, data_kind, baselines, trials, None, None, opts)
+    out.tracking_uri = uri
+    return out
+
+
+def mlflow_ui_hint(uri: str) -> str:
+    if uri.startswith("sqlite:///"):
+        return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+    return f"open {uri} in a browser"
+
+
+def cleanup_records(records) -> None:
+    for r in records or []:
+        if r.checkpoint_dir is not None:
+            shutil.rmtree(r.checkpoint_dir, ignore_errors=True)
+

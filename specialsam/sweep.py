@@ -1,0 +1,433 @@
+"""Ray Tune wiring: the two phases of a sweep, trials, resources, logging, resume.
+
+Phase A (*tune*) answers "which settings?": per model size, Optuna proposes lr / loss weights /
+prompt mix at a reference training-set size and ASHA stops unpromising trials early, on
+validation mIoU. Phase B (*curve*) answers "how much data?": a grid over n_train x model x seeds at
+each model's best phase-A settings, every trial run to its full step budget (no early stopping),
+so the learning curve compares like with like. Trials read only the pack and the embedding cache
+(the encoder never runs inside a trial). Everything MLflow sees is written by the driver through
+``MlflowLogger``; every trial leaves its record (metrics, per-image IoU, decoder weights, plots)
+in its Tune checkpoint, so results survive the driver and ``--resume`` rebuilds them from storage.
+This is the only module of the library that imports Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray import tune
+
+from specialsam.embeddings import EmbeddingCache
+from specialsam.pack import Pack
+from specialsam.tracking import ROLE, TRIAL_ID, Tracker
+
+SEARCHABLE = ("lr", "bce_weight", "dice_weight", "focal_weight", "point_fraction", "weight_decay")
+TRIAL_PARAMS = (*SEARCHABLE, "n_train", "model", "seed")
+
+
+# ---------------------------------------------------------------------------------------------
+# inside a trial process
+# ---------------------------------------------------------------------------------------------
+def trainable(config: dict[str, Any]) -> None:
+    """One trial: fine-tune the decoder of ``config['model']`` from its pack, report to Tune."""
+    from specialsam.artifacts import overlay_grid, plot_training_curves
+    from specialsam.device import select_device
+    from specialsam.evaluate import score_split
+    from specialsam.inference import predict_masks
+    from specialsam.modeling.headless import decoder_state
+    from specialsam.prompts import Prompt
+    from specialsam.train import TrainConfig, TrainingFailed, train_decoder
+
+    ctx = config["_ctx"]
+    torch.set_num_threads(max(1, int(ctx["threads"])))
+    pack = Pack(ctx["packs"][config["model"]], EmbeddingCache(ctx["cache_dir"]))
+    sam = pack.headless_model()
+    dev = select_device(precision=ctx.get("precision", "auto"))
+    settings = {k: v for k, v in ctx["train"].items() if k in TrainConfig.__dataclass_fields__}
+    params = {**ctx.get("best", {}).get(config["model"], {}), **{k: config[k] for k in SEARCHABLE if k in config}}
+    cfg = TrainConfig(**{**settings, **params, "n_train": int(config["n_train"]), "seed": int(config["seed"])})
+    primary, strategies = ctx["primary"], ctx["strategies"]
+
+    # baseline predictions on the overlay images, before the decoder changes
+    thumbs = pack.thumbnails()
+    test = pack.split("test")
+    coords, labels, ok = test.prompts(primary)
+    shown = [i for i in range(len(thumbs)) if ok[i]]
+
+    def predict_thumbs() -> list[np.ndarray]:
+        if not shown:
+            return []
+        preds = predict_masks(
+            sam, torch.from_numpy(test.embeddings(shown)), [Prompt(coords[i], labels[i]) for i in shown],
+            [test.original_hw[i] for i in shown], ctx["mask_selection"], prompts_in_model_frame=True,
+        )
+        return [_resize_mask(p, thumbs[i][1].shape) for p, i in zip(preds, shown)]
+
+    base_thumbs = predict_thumbs()
+    fault = ctx.get("fault") or {}
+
+    def fault_hook(step: int) -> None:
+        _maybe_inject_fault(fault, config, step)
+
+    def on_epoch(epoch: int, m: dict[str, float]) -> None:
+        tune.report({"val_miou": m["val_miou"], "train_loss": m["train_loss"], "epoch": epoch, "steps": m["steps"]})
+
+    t0 = time.time()
+    try:
+        result = train_decoder(sam, pack, cfg, dev, on_epoch=on_epoch, fault_hook=fault_hook)
+    except TrainingFailed as exc:
+        tune.report({"val_miou": 0.0, "failed": str(exc), "final": 1})
+        return
+    scores = score_split(sam, test, strategies, ctx["mask_selection"], ctx["extra_metrics"], dev)
+    retention = None
+    if pack.has("retention"):
+        retention = score_split(sam, pack.split("retention"), [primary], dev=dev)[primary].miou
+    seconds = time.time() - t0
+
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d)
+        record = {
+            "params": {**params, "n_train": cfg.n_train, "seed": cfg.seed, "model": config["model"]},
+            "phase": ctx["phase"], "history": result.history, "best_epoch": result.best_epoch,
+            "best_val_miou": result.best_val_miou, "steps": result.steps, "samples_seen": result.samples_seen,
+            "health": result.health_tag, "stopped_early": result.stopped_early, "trial_seconds": seconds,
+            "retention_miou": retention,
+            "test": {s: {"per_image_iou": sc.per_image_iou.tolist(), "keys": sc.keys, "means": sc.means,
+                         "per_category": sc.per_category, "skipped_empty": sc.skipped_empty}
+                     for s, sc in scores.items()},
+        }
+        (out / "result.json").write_text(json.dumps(record))
+        torch.save(decoder_state(sam), out / "decoder.pt")
+        plot_training_curves(result.history, out / "curves.png", title=f"{config['model']} n={cfg.n_train}",
+                             health=result.health_tag)
+        if shown:
+            spec_thumbs = predict_thumbs()
+            overlay_grid(
+                [thumbs[i][0] for i in shown], [thumbs[i][1] for i in shown], base_thumbs, spec_thumbs,
+                out / "overlay.png", titles=[test.keys[i] for i in shown],
+            )
+        final = {"val_miou": result.best_val_miou, "final": 1, "trial_seconds": seconds,
+                 **{f"test_miou.{s}": sc.miou for s, sc in scores.items()}}
+        tune.report(final, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def _resize_mask(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    return cv2.resize(mask.astype(np.uint8), (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST) > 0
+
+
+def _maybe_inject_fault(fault: dict, config: dict, step: int) -> None:
+    """Test hook: kill this trial process once at a given step (marker file = 'once')."""
+    if not fault or step != fault.get("kill_at_step"):
+        return
+    if fault.get("n_train") is not None and int(config["n_train"]) != int(fault["n_train"]):
+        return
+    marker = Path(fault["marker_dir"]) / f"killed-{config['model']}-{config['n_train']}-{config['seed']}"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(str(os.getpid()))
+    os._exit(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# in the driver
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class TrialRecord:
+    """A finished trial as the driver sees it (from its Tune checkpoint)."""
+
+    key: str
+    phase: str
+    params: dict[str, Any]
+    record: dict[str, Any] | None  # None: stopped early by ASHA or failed
+    checkpoint_dir: Path | None
+    failed: str | None = None
+    run_id: str | None = None
+
+
+@dataclass
+class SweepLogging:
+    tracker: Tracker
+    parent_run: str
+    common_tags: dict[str, str]
+    baseline_primary: dict[str, float]  # model -> baseline mIoU on the primary strategy
+    base_retention: dict[str, float | None]
+    primary: str
+    run_ids: dict[str, str] = field(default_factory=dict)
+
+
+class MlflowLogger(tune.Callback):
+    """Creates, fills and closes trial child runs from the driver; reuses them on resume."""
+
+    def __init__(self, log: SweepLogging, phase: str, experiment: str) -> None:
+        self.log, self.phase, self.experiment = log, phase, experiment
+        self.existing = log.tracker.trial_runs(log.parent_run)
+
+    def __getstate__(self) -> dict:
+        # Tune pickles its run config (callbacks included) into the experiment state; the live
+        # MLflow client stays out of it. A resumed sweep attaches a fresh logger.
+        return {"phase": self.phase, "experiment": self.experiment, "log": None, "existing": {}}
+
+    def _key(self, trial) -> str:
+        return f"{self.experiment}/{trial.trial_id}"
+
+    def _run(self, trial) -> str:
+        key = self._key(trial)
+        if key in self.log.run_ids:
+            return self.log.run_ids[key]
+        if key in self.existing:
+            run_id = self.existing[key].info.run_id
+            self.log.tracker.client.update_run(run_id, status="RUNNING")
+        else:
+            cfg = trial.config
+            best = cfg.get("_ctx", {}).get("best", {}).get(cfg["model"], {})
+            params = {**best, **{k: cfg[k] for k in TRIAL_PARAMS if k in cfg}}
+            tags = {**self.log.common_tags, ROLE: "trial", TRIAL_ID: key, "specialsam.phase": self.phase,
+                    "specialsam.model": cfg["model"]}
+            run_id = self.log.tracker.create_run(
+                f"{self.phase}-{cfg['model']}-n{cfg['n_train']}-s{cfg['seed']}-{trial.trial_id}", tags,
+                parent=self.log.parent_run,
+            )
+            self.log.tracker.log_params(run_id, params)
+        self.log.run_ids[key] = run_id
+        return run_id
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if self.log is None:
+            return
+        self._run(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self.log is None:
+            return
+        if "epoch" in result and "final" not in result:
+            self.log.tracker.log_metrics(
+                self._run(trial), {"train_loss": result["train_loss"], "val_miou": result["val_miou"]},
+                step=int(result["epoch"]),
+            )
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        if self.log is None:
+            return
+        self.log.tracker.set_tags(self._run(trial), {"specialsam.retried": trial.num_failures})
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        if self.log is None:
+            return
+        run = self._run(trial)
+        reason = str(getattr(trial, "error_msg", "") or "trial process failed")[:500]
+        self.log.tracker.set_tags(run, {"specialsam.failure": reason, "specialsam.health": "failed"})
+        self.log.tracker.finish(run, "FAILED")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if self.log is None:
+            return
+        run = self._run(trial)
+        last = trial.last_result or {}
+        if "failed" in last:
+            self.log.tracker.set_tags(run, {"specialsam.failure": last["failed"], "specialsam.health": "failed"})
+            self.log.tracker.finish(run, "FAILED")
+            return
+        ckpt = trial.checkpoint
+        if "final" not in last or ckpt is None:
+            self.log.tracker.set_tags(run, {"specialsam.stopped_early": "asha"})
+            self.log.tracker.finish(run, "FINISHED")
+            return
+        with ckpt.as_directory() as d:
+            log_trial_record(self.log, run, Path(d))
+        self.log.tracker.finish(run, "FINISHED")
+
+
+def log_trial_record(log: SweepLogging, run: str, folder: Path) -> None:
+    rec = json.loads((folder / "result.json").read_text())
+    t = log.tracker
+    model = rec["params"]["model"]
+    metrics: dict[str, float] = {f"test_miou.{s}": float(np.mean(v["per_image_iou"])) for s, v in rec["test"].items()
+                                 if v["per_image_iou"]}
+    for s, v in rec["test"].items():
+        for m, x in v["means"].items():
+            if m != "iou":
+                metrics[f"test_{m}.{s}"] = x
+    base = log.baseline_primary.get(model)
+    if base is not None and f"test_miou.{log.primary}" in metrics:
+        metrics["baseline_miou"] = base
+        metrics["gain"] = metrics[f"test_miou.{log.primary}"] - base
+    metrics["trial_seconds"] = rec["trial_seconds"]
+    metrics["best_val_miou"] = rec["best_val_miou"]
+    metrics["steps"] = rec["steps"]
+    if rec.get("retention_miou") is not None:
+        metrics["retention_miou"] = rec["retention_miou"]
+        if log.base_retention.get(model) is not None:
+            metrics["base_retention_miou"] = log.base_retention[model]
+            metrics["retention_change"] = rec["retention_miou"] - log.base_retention[model]
+    t.log_metrics(run, metrics)
+    t.set_tags(run, {"specialsam.health": rec["health"], "specialsam.stopped_early": str(rec["stopped_early"]).lower()})
+    for name in ("result.json", "curves.png", "overlay.png"):
+        if (folder / name).exists():
+            t.log_artifact(run, folder / name)
+
+
+def tune_param_space(space: dict[str, Any]) -> dict[str, Any]:
+    """Config ``search.space`` entries -> Tune sampling primitives (Optuna converts them)."""
+    out: dict[str, Any] = {}
+    for name, p in space.items():
+        kind = p.type
+        if kind == "loguniform":
+            out[name] = tune.loguniform(p.low, p.high)
+        elif kind == "uniform":
+            out[name] = tune.uniform(p.low, p.high)
+        elif kind == "choice":
+            out[name] = tune.choice(list(p.values))
+        else:
+            out[name] = p.value
+    return out
+
+
+def quiet_tune() -> None:
+    """Tune's console tables repeat what our own progress lines and MLflow show."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Local Ray on 127.0.0.1 without dashboard, or connect to a cluster (checked first)."""
+    from specialsam.errors import UserError
+
+    quiet_tune()
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and address != "local":
+        _check_reachable(address)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise UserError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
+        return
+    ray.init(
+        num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
+        object_store_memory=200 * 1024**2, log_to_driver=False, configure_logging=False,
+    )
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    import socket
+
+    from specialsam.errors import UserError
+
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address {address!r} must look like HOST:PORT (e.g. 10.0.0.5:6379) or ray://HOST:10001")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise UserError(f"Ray cluster at {address} is unreachable ({exc.strerror or exc}); check --address "
+                        "/ RAY_ADDRESS and that `ray start --head` runs there") from None
+
+
+def check_gpus(gpus_per_trial: float) -> None:
+    from specialsam.errors import UserError
+
+    if gpus_per_trial > 0 and ray.cluster_resources().get("GPU", 0) <= 0:
+        raise UserError(
+            f"--gpus-per-trial {gpus_per_trial:g} requested but the Ray cluster has no GPUs; "
+            "drop it (CPU trials) or add GPU workers"
+        )
+
+
+def run_phase(
+    name: str,
+    param_space: dict[str, Any],
+    ctx: dict[str, Any],
+    log: SweepLogging,
+    storage: Path | str,
+    resources: dict[str, float],
+    num_samples: int,
+    searcher: str | None,
+    searcher_seed: int,
+    asha: dict | None,
+    max_concurrent: int | None,
+    max_failures: int = 2,
+) -> list[TrialRecord]:
+    """Run (or resume) one Tune experiment and return its trials' records."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    path = f"{str(storage).rstrip('/')}/{name}"
+    trainable_r = tune.with_resources(tune.with_parameters(trainable), resources)
+    space = {**param_space, "_ctx": ctx}
+    callbacks = [MlflowLogger(log, ctx["phase"], name)]
+    if tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable_r, resume_errored=True, param_space=space)
+        # The restored run config carries detached loggers; Ray has no public way to pass new
+        # callbacks to a restored Tuner, so attach ours to its run config directly.
+        tuner._local_tuner.get_run_config().callbacks = callbacks
+    else:
+        search_alg = None
+        if searcher == "optuna":
+            from ray.tune.search.optuna import OptunaSearch
+
+            search_alg = OptunaSearch(metric="val_miou", mode="max", seed=searcher_seed)
+        elif searcher == "random":
+            from ray.tune.search import BasicVariantGenerator
+
+            search_alg = BasicVariantGenerator(random_state=searcher_seed)
+        scheduler = None
+        if asha:
+            scheduler = ASHAScheduler(
+                time_attr="training_iteration", metric="val_miou", mode="max",
+                max_t=int(ctx["train"]["epochs"]) + 1, grace_period=int(asha["grace_period"]),
+                reduction_factor=float(asha["reduction_factor"]),
+            )
+        tuner = tune.Tuner(
+            trainable_r,
+            param_space=space,
+            tune_config=tune.TuneConfig(
+                num_samples=num_samples, search_alg=search_alg, scheduler=scheduler,
+                max_concurrent_trials=max_concurrent,
+                trial_name_creator=lambda t: f"{name}-{t.trial_id}",
+                trial_dirname_creator=lambda t: f"{name}-{t.trial_id}",
+            ),
+            run_config=tune.RunConfig(
+                name=name, storage_path=str(storage), callbacks=callbacks, verbose=0,
+                failure_config=tune.FailureConfig(max_failures=max_failures),
+                # each trial checkpoints once (its final record); keeping all avoids forced snapshots
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+            ),
+        )
+    grid = tuner.fit()
+    records = []
+    for res in grid:
+        cfg = res.config or {}
+        key = f"{name}/{res.metrics.get('trial_id', '')}" if res.metrics else name
+        params = {k: cfg[k] for k in TRIAL_PARAMS if k in cfg}
+        m = res.metrics or {}
+        failed = m.get("failed") or (str(res.error)[:300] if res.error else None)
+        rec, folder = None, None
+        if res.checkpoint is not None and "final" in m and "failed" not in m:
+            folder = Path(res.checkpoint.to_directory(tempfile.mkdtemp(prefix="specialsam-trial-")))
+            rec = json.loads((folder / "result.json").read_text())
+        records.append(TrialRecord(key, ctx["phase"], params, rec, folder, failed, log.run_ids.get(key)))
+    return records
+
+
+def best_params(records: list[TrialRecord]) -> dict[str, Any] | None:
+    """Phase A's winner by *validation* mIoU (never test: no selection on the test set)."""
+    done = [r for r in records if r.record is not None and not math.isnan(r.record["best_val_miou"])]
+    if not done:
+        return None
+    best = max(done, key=lambda r: r.record["best_val_miou"])  # type: ignore[index]
+    return {k: v for k, v in best.params.items() if k in SEARCHABLE}

@@ -1,0 +1,175 @@
+"""MLflow conventions: experiment per task, parent run per sweep, child run per baseline and trial.
+
+All writes go through the sweep's driver (a Tune callback calls in here), never from trial
+processes: a local SQLite store then has exactly one writer (no "database is locked"), trials on
+other nodes need no route to the tracking server, and a resumed sweep can look its existing runs
+up before logging, so nothing is duplicated. The local default is ``mlflow.db`` in the directory
+the user ran from, resolved to an absolute URI before any trial starts (Ray moves trial processes
+into their own directories, where a relative URI would point elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from specialsam.errors import UserError
+
+ROLE = "specialsam.role"
+PARENT = "mlflow.parentRunId"
+TRIAL_ID = "specialsam.trial_id"
+MAX_PARAM_LEN = 500
+
+
+def resolve_tracking_uri(uri: str | None, cwd: Path | None = None) -> str:
+    """Absolute tracking URI; a server URL is checked for reachability (one-line error if not)."""
+    cwd = Path(cwd or Path.cwd())
+    if not uri:
+        return f"sqlite:///{(cwd / 'mlflow.db').resolve()}"
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///") :])
+        return f"sqlite:///{(path if path.is_absolute() else cwd / path).resolve()}"
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
+        return uri.rstrip("/")
+    if "://" in uri:  # postgresql://, mysql://, databricks ...: MLflow validates these itself
+        return uri
+    raise UserError(
+        f"tracking URI {uri!r} is a plain path; MLflow 3 needs a database or a server: "
+        f"use sqlite:///{Path(uri).resolve() / 'mlflow.db'} or http://host:5000"
+    )
+
+
+def check_server(url: str, timeout: float = 5.0) -> None:
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout) as r:
+            if r.status >= 400:
+                raise OSError(f"HTTP {r.status}")
+    except (OSError, urllib.error.URLError, socket.timeout) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UserError(
+            f"MLflow tracking server {url} is unreachable ({reason}); start it (see cluster/README.md) "
+            "or drop --tracking-uri to log to ./mlflow.db"
+        ) from None
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            s = json.dumps(v) if not isinstance(v, str) else v
+            out[key] = s[:MAX_PARAM_LEN]
+    return out
+
+
+class Tracker:
+    """Thin, explicit wrapper over ``MlflowClient`` (no global active-run state)."""
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None = None) -> None:
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.uri = tracking_uri
+        self.mlflow = mlflow
+        self.client = MlflowClient(tracking_uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            location = None
+            if tracking_uri.startswith("sqlite:///"):
+                root = artifact_root or Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts"
+                location = root.resolve().as_uri()
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        else:
+            self.experiment_id = exp.experiment_id
+        self.experiment = experiment
+
+    # runs -----------------------------------------------------------------------------------
+    def create_run(self, name: str, tags: dict[str, str], parent: str | None = None) -> str:
+        tags = {k: str(v) for k, v in tags.items()}
+        if parent:
+            tags[PARENT] = parent
+        return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        flat = _flatten(params)
+        items = [Param(k, v) for k, v in flat.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i : i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(k, float(v), now, step)
+            for k, v in metrics.items()
+            if v is not None and v == v  # drop NaN
+        ]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(run_id, metrics=items[i : i + 500])
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, str(v))
+
+    def log_artifact(self, run_id: str, path: Path, subdir: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), subdir)
+
+    def log_json(self, run_id: str, obj: Any, name: str, subdir: str | None = None) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / name
+            p.write_text(json.dumps(obj))
+            self.log_artifact(run_id, p, subdir)
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)
+
+    # queries --------------------------------------------------------------------------------
+    def children(self, parent: str, role: str | None = None) -> list:
+        f = f"tags.`{PARENT}` = '{parent}'"
+        if role:
+            f += f" and tags.`{ROLE}` = '{role}'"
+        return list(
+            self.client.search_runs([self.experiment_id], filter_string=f, max_results=5000)
+        )
+
+    def trial_runs(self, parent: str) -> dict[str, Any]:
+        """Existing trial child runs by trial id (for resume: reuse, never duplicate)."""
+        return {r.data.tags[TRIAL_ID]: r for r in self.children(parent, "trial") if TRIAL_ID in r.data.tags}
+
+    def close_running(self, parent: str, status: str = "KILLED") -> int:
+        """Children still RUNNING (a driver killed mid-sweep) end as KILLED, never left running."""
+        n = 0
+        for r in self.children(parent):
+            if r.info.status == "RUNNING":
+                self.finish(r.info.run_id, status)
+                n += 1
+        return n
+
+    def download_json(self, run_id: str, artifact: str) -> Any:
+        with tempfile.TemporaryDirectory() as d:
+            local = self.mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=artifact, dst_path=d, tracking_uri=self.uri
+            )
+            return json.loads(Path(local).read_text())
+
+    def sweeps(self) -> Iterable:
+        return self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{ROLE}` = 'sweep'", max_results=1000
+        )
+
+
+def experiment_name(task: str) -> str:
+    return f"specialsam-{task}"
