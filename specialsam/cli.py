@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from specialsam.errors import UserError
 
@@ -18,11 +17,25 @@ def run_cli(args: argparse.Namespace, tasks: list[str], overrides: list[str]) ->
     if args.data_root and len(tasks) > 1:
         raise UserError("--data-root points at one dataset; use it with a single --task")
     # every config is validated before anything runs
-    configs = [(t, load_config(args.config or default_config_path(t), overrides, smoke=args.smoke)) for t in tasks]
+    configs = [
+        (t, load_config(args.config or default_config_path(t), overrides, smoke=args.smoke)) for t in tasks
+    ]
+    import json
+    import os
+
     opts = RunOptions(
-        address=args.address, tracking_uri=args.tracking_uri, experiment=args.experiment, storage=args.storage,
-        cache_dir=args.cache_dir, checkpoint_dir=args.checkpoint_dir, allow_unverified=args.allow_unverified,
-        resume=args.resume, plan=args.plan, export_dir=args.export_dir,
+        address=args.address,
+        tracking_uri=args.tracking_uri,
+        experiment=args.experiment,
+        storage=args.storage,
+        cache_dir=args.cache_dir,
+        checkpoint_dir=args.checkpoint_dir,
+        allow_unverified=args.allow_unverified,
+        resume=args.resume,
+        plan=args.plan,
+        export_dir=args.export_dir,
+        # test hook for fault injection (see specialsam.sweep._maybe_inject_fault); never set by users
+        fault=json.loads(os.environ.get("SPECIALSAM_TEST_FAULTS", "null")),
     )
     if args.analyze_only:
         if len(configs) != 1:
@@ -48,10 +61,10 @@ def run_cli(args: argparse.Namespace, tasks: list[str], overrides: list[str]) ->
 
         primary = configs[0][1].eval.primary
         run, table = log_study(outcomes[0][1].tracking_uri, outcomes, primary, configs[0][1].rules.threshold)
-        print(f"\n== the study table ({primary} prompt; logged to experiment specialsam-study, run {run})\n{table}")
+        print(
+            f"\n== the study table ({primary} prompt; logged to experiment specialsam-study, run {run})"
+            f"\n{table}"
+        )
     if outcomes:
         print(f"\nbrowse the results: {mlflow_ui_hint(outcomes[-1][1].tracking_uri)}")
     return 0
-
-
-__all__ = ["run_cli", "Path"]

@@ -18,7 +18,9 @@ from specialsam.modeling.headless import load_decoder_state
 from specialsam.models import save_official
 
 
-def export_specialised(sam, decoder_state: dict[str, torch.Tensor], out_dir: Path, stem: str) -> tuple[Path, Path]:
+def export_specialised(
+    sam, decoder_state: dict[str, torch.Tensor], out_dir: Path, stem: str
+) -> tuple[Path, Path]:
     """Write ``<stem>.pth`` (full model) and ``<stem>-decoder.pt``; returns both paths."""
     import io
 

@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -101,8 +101,12 @@ def build_pack(
     settings: PackSettings,
     retention: Sequence[Sample] = (),
     progress: bool = True,
+    precompute: Callable[[list[np.ndarray], list[str]], object] | None = None,
 ) -> Path:
-    """Encode what is missing, write the pack (if not there yet) and return its folder."""
+    """Encode what is missing, write the pack (if not there yet) and return its folder.
+
+    ``precompute(images, hashes)``, when given, fills the cache first (e.g. spread over a Ray
+    cluster); whatever it leaves missing is encoded here."""
     side, res = model_side(sam), settings.resolved_res(sam)
     train = list(task.train) + ([flipped(s) for s in task.train] if settings.flip else [])
     splits: dict[str, list[Sample]] = {"train": train, "val": list(task.val), "test": list(task.test)}
@@ -141,10 +145,13 @@ def build_pack(
         "splits": {},
     }
     cache.root.mkdir(parents=True, exist_ok=True)
+    all_hashes = {name: [s.image_hash() for s in samples] for name, samples in splits.items()}
+    if precompute is not None:
+        precompute([s.image for v in splits.values() for s in v], [h for v in all_hashes.values() for h in v])
     tmp = Path(tempfile.mkdtemp(dir=cache.root, prefix=".pack-"))
     try:
         for name, samples in splits.items():
-            hashes = [s.image_hash() for s in samples]
+            hashes = all_hashes[name]
             keys = cache.precompute(
                 sam, identity, [s.image for s in samples], hashes, progress=progress, desc=f"encoding {name}"
             )

@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 # (benchmarks/README.md); GPU figures are rough until measured on one.
 TRAIN_SAMPLES_PER_S = {"tiny": {"cpu": 120.0, "cuda": 3000.0}, "sam": {"cpu": 8.0, "cuda": 600.0}}
 ENCODE_IMAGES_PER_S = {
-    "tiny-s": {"cpu": 60.0, "cuda": 2000.0}, "tiny-m": {"cpu": 40.0, "cuda": 1500.0},
-    "vit_t": {"cpu": 3.0, "cuda": 80.0}, "vit_b": {"cpu": 0.5, "cuda": 25.0},
-    "vit_l": {"cpu": 0.2, "cuda": 10.0}, "vit_h": {"cpu": 0.12, "cuda": 6.0},
+    "tiny-s": {"cpu": 60.0, "cuda": 2000.0},
+    "tiny-m": {"cpu": 40.0, "cuda": 1500.0},
+    "vit_t": {"cpu": 3.0, "cuda": 80.0},
+    "vit_b": {"cpu": 0.5, "cuda": 25.0},
+    "vit_l": {"cpu": 0.2, "cuda": 10.0},
+    "vit_h": {"cpu": 0.12, "cuda": 6.0},
 }
 EMBEDDING_BYTES = {"tiny": 64 * 16 * 16 * 2, "sam": 256 * 64 * 64 * 2}
 
@@ -60,7 +63,8 @@ class Plan:
         rows = [
             f"trials: phase A (tune) {self.phase_a_trials}, phase B (learning curve) {self.phase_b_trials}, "
             f"total {self.phase_a_trials + self.phase_b_trials}",
-            f"{'model':<8} {'images':>8} {'to encode':>10} {'cache':>10} {'train samples':>14} {'est. time':>10}",
+            f"{'model':<8} {'images':>8} {'to encode':>10} {'cache':>10} {'train samples':>14} "
+            f"{'est. time':>10}",
         ]
         for m in self.models:
             rows.append(

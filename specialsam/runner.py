@@ -10,9 +10,7 @@ finished trials are not rerun (Tune restores them) and their MLflow runs are reu
 from __future__ import annotations
 
 import json
-import math
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -82,7 +80,10 @@ def _say(msg: str, opts: RunOptions) -> None:
 def _storage(cfg: SweepConfig, opts: RunOptions) -> Path:
     raw = opts.storage or cfg.storage.tune_dir or str(opts.cwd / "ray_results")
     if "://" in raw and not raw.startswith("file://"):
-        raise UserError(f"Tune storage {raw!r}: only shared filesystem paths are supported here; mount it and pass the path")
+        raise UserError(
+            f"Tune storage {raw!r}: only shared filesystem paths are supported here; "
+            "mount it and pass the path"
+        )
     return Path(raw.removeprefix("file://")).expanduser().resolve()
 
 
@@ -92,7 +93,9 @@ def _sweep_dir(cfg: SweepConfig, opts: RunOptions) -> tuple[Path, dict | None]:
         if opts.resume == "latest":
             found = sorted(root.glob(f"{cfg.task}-*/sweep.json"), key=lambda p: p.stat().st_mtime)
             if not found:
-                raise UserError(f"--resume: no {cfg.task} sweep found under {root}; run without --resume first")
+                raise UserError(
+                    f"--resume: no {cfg.task} sweep found under {root}; run without --resume first"
+                )
             folder = found[-1].parent
         else:
             folder = root / opts.resume
@@ -132,7 +135,8 @@ def make_plan(cfg: SweepConfig, task, models, cache: EmbeddingCache, parallel: f
     plan = Plan(
         phase_a_trials=cfg.search.num_samples * len(cfg.models),
         phase_b_trials=len(cfg.curve.n_train) * len(cfg.curve.seeds) * len(cfg.models),
-        parallel=parallel, device=device,
+        parallel=parallel,
+        device=device,
     )
     samples = list(task.train) + list(task.val) + list(task.test)
     n_ret = cfg.eval.retention_n
@@ -143,49 +147,80 @@ def make_plan(cfg: SweepConfig, task, models, cache: EmbeddingCache, parallel: f
         images = len(samples) + len(task.train) * int(train.flip) + n_ret
         todo += len(task.train) * int(train.flip) + n_ret  # flips/retention: counted, not checked
         fam = family(name)
-        per_trial_a = trial_samples(cfg.search.n_train, train.epochs, train.max_steps, train.batch_size, train.flip)
+        per_trial_a = trial_samples(
+            cfg.search.n_train, train.epochs, train.max_steps, train.batch_size, train.flip
+        )
         total = cfg.search.num_samples * per_trial_a + sum(
-            len(cfg.curve.seeds) * trial_samples(n, train.epochs, train.max_steps, train.batch_size, train.flip)
+            len(cfg.curve.seeds)
+            * trial_samples(n, train.epochs, train.max_steps, train.batch_size, train.flip)
             for n in cfg.curve.n_train
         )
         res = train.loss_res or (256 if fam == "tiny" else 1024)
-        plan.models.append(ModelPlan(
-            model=name, images=images, to_encode=todo,
-            cache_bytes=images * EMBEDDING_BYTES[fam] + len(samples) * res * res,
-            train_samples=total,
-            encode_seconds=todo / ENCODE_IMAGES_PER_S[name][device],
-            train_seconds=total / TRAIN_SAMPLES_PER_S[fam][device],
-        ))
+        plan.models.append(
+            ModelPlan(
+                model=name,
+                images=images,
+                to_encode=todo,
+                cache_bytes=images * EMBEDDING_BYTES[fam] + len(samples) * res * res,
+                train_samples=total,
+                encode_seconds=todo / ENCODE_IMAGES_PER_S[name][device],
+                train_seconds=total / TRAIN_SAMPLES_PER_S[fam][device],
+            )
+        )
     return plan
 
 
-def _log_baselines(tracker: Tracker, parent: str, tags: dict, model: str, pack: Pack, cfg: SweepConfig,
-                   existing: dict, sam, dev) -> tuple[dict[str, np.ndarray], float | None]:
+def _log_baselines(
+    tracker: Tracker,
+    parent: str,
+    tags: dict,
+    model: str,
+    pack: Pack,
+    cfg: SweepConfig,
+    existing: dict,
+    sam,
+    dev,
+) -> tuple[dict[str, np.ndarray], float | None]:
     """Baseline child runs (one per model x strategy), reused on resume; returns per-image IoU."""
     out: dict[str, np.ndarray] = {}
     test = pack.split("test")
     scores = None
     base_ret = None
     if pack.has("retention"):
-        base_ret = score_split(sam, pack.split("retention"), [cfg.eval.primary], dev=dev)[cfg.eval.primary].miou
+        base_ret = score_split(sam, pack.split("retention"), [cfg.eval.primary], dev=dev)[
+            cfg.eval.primary
+        ].miou
     for strat in cfg.eval.strategies:
         key = f"baseline/{model}/{strat}"
         if key in existing:
-            out[strat] = np.asarray(tracker.download_json(existing[key].info.run_id, "per_image_iou.json")["iou"])
+            out[strat] = np.asarray(
+                tracker.download_json(existing[key].info.run_id, "per_image_iou.json")["iou"]
+            )
             continue
         if scores is None:
-            scores = score_split(sam, test, cfg.eval.strategies, cfg.eval.mask_selection, cfg.eval.extra_metrics, dev)
+            scores = score_split(
+                sam, test, cfg.eval.strategies, cfg.eval.mask_selection, cfg.eval.extra_metrics, dev
+            )
         sc = scores[strat]
         run = tracker.create_run(
             f"baseline-{model}-{strat}",
-            {**tags, ROLE: "baseline", TRIAL_ID: key, "specialsam.model": model,
-             **sc.protocol.tags(), "specialsam.prompt_protocol": sc.protocol.label()},
+            {
+                **tags,
+                ROLE: "baseline",
+                TRIAL_ID: key,
+                "specialsam.model": model,
+                **sc.protocol.tags(),
+                "specialsam.prompt_protocol": sc.protocol.label(),
+            },
             parent=parent,
         )
         tracker.log_params(run, {"model": model, "strategy": strat})
-        metrics = {"test_miou": sc.miou, **{f"test_{k}": v for k, v in sc.means.items() if k != "iou"},
-                   **{f"test_miou.cat.{c}": v for c, v in sc.per_category.items()},
-                   "skipped_empty": sc.skipped_empty}
+        metrics = {
+            "test_miou": sc.miou,
+            **{f"test_{k}": v for k, v in sc.means.items() if k != "iou"},
+            **{f"test_miou.cat.{c}": v for c, v in sc.per_category.items()},
+            "skipped_empty": sc.skipped_empty,
+        }
         if base_ret is not None and strat == cfg.eval.primary:
             metrics["retention_miou"] = base_ret
         tracker.log_metrics(run, metrics)
@@ -202,13 +237,21 @@ def _trial_results(records, base_retention: dict[str, float | None]) -> list[Tri
             continue
         rec = r.record
         p = rec["params"]
-        out.append(TrialResult(
-            trial_id=r.key, model=p["model"], n_train=p["n_train"], seed=p["seed"],
-            params={k: v for k, v in p.items() if k not in ("model", "n_train", "seed")},
-            per_image_iou={s: np.asarray(v["per_image_iou"]) for s, v in rec["test"].items()},
-            val_miou=rec["best_val_miou"], phase=r.phase, health=rec["health"],
-            retention_miou=rec.get("retention_miou"), base_retention_miou=base_retention.get(p["model"]),
-        ))
+        out.append(
+            TrialResult(
+                trial_id=r.key,
+                model=p["model"],
+                n_train=p["n_train"],
+                seed=p["seed"],
+                params={k: v for k, v in p.items() if k not in ("model", "n_train", "seed")},
+                per_image_iou={s: np.asarray(v["per_image_iou"]) for s, v in rec["test"].items()},
+                val_miou=rec["best_val_miou"],
+                phase=r.phase,
+                health=rec["health"],
+                retention_miou=rec.get("retention_miou"),
+                base_retention_miou=base_retention.get(p["model"]),
+            )
+        )
     return out
 
 
@@ -220,8 +263,10 @@ def run_sweep(cfg: SweepConfig, opts: RunOptions) -> SweepOutcome | Plan:
     uri = resolve_tracking_uri(opts.tracking_uri, opts.cwd)
     folder, state = _sweep_dir(cfg, opts)
     if state is not None and state["config"] != json.loads(json.dumps(config_to_dict(cfg))):
-        raise UserError(f"--resume: the config differs from the one sweep {folder.name} started with; "
-                        "resume with the same config and --set values, or start a new sweep")
+        raise UserError(
+            f"--resume: the config differs from the one sweep {folder.name} started with; "
+            "resume with the same config and --set values, or start a new sweep"
+        )
     task, models = prepare(cfg, opts)
     for line in task.notes:
         _say(f"note: {line}", opts)
@@ -239,26 +284,56 @@ def run_sweep(cfg: SweepConfig, opts: RunOptions) -> SweepOutcome | Plan:
     tracker = Tracker(uri, opts.experiment or experiment_name(cfg.task))
 
     # 2. embeddings + packs (the encoder runs here, once per image, never in a trial)
-    settings = PackSettings(loss_res=cfg.train.loss_res, flip=cfg.train.flip,
-                            strategies=tuple(cfg.eval.strategies), primary=cfg.eval.primary)
+    settings = PackSettings(
+        loss_res=cfg.train.loss_res,
+        flip=cfg.train.flip,
+        strategies=tuple(cfg.eval.strategies),
+        primary=cfg.eval.primary,
+    )
     retention = retention_samples(cfg.eval.retention_n) if cfg.eval.retention_n else []
     packs: dict[str, Pack] = {}
+    from specialsam.precompute import cluster_precompute, use_cluster_precompute
+
+    spread = use_cluster_precompute()
     for name, (sam, info) in models.items():
-        folder_pack = build_pack(task, sam, model_identity(sam, name, info.sha256), cache, settings, retention,
-                                 progress=not opts.quiet)
+        ident = model_identity(sam, name, info.sha256)
+        hook = None
+        if spread:  # fill the shared cache once, on the cluster's nodes/GPUs
+
+            def hook(images, hashes, name=name, ident=ident):
+                calls = cluster_precompute(
+                    name, ident, cache, images, hashes, opts.checkpoint_dir, opts.allow_unverified
+                )
+                if calls:
+                    _say(f"encoded {sum(calls.values())} images for {name} on {len(calls)} node(s)", opts)
+
+        folder_pack = build_pack(
+            task, sam, ident, cache, settings, retention, progress=not opts.quiet, precompute=hook
+        )
         packs[name] = Pack(folder_pack, cache)
 
     # 3. parent run (new, or the interrupted one), baselines
     image_size = {n: int(sam.image_encoder.img_size) for n, (sam, _) in models.items()}
-    common = {"specialsam.task": cfg.task, "specialsam.data": task.data,
-              "specialsam.prompt_protocol": f"{cfg.eval.primary}/{cfg.eval.mask_selection}/original-resolution",
-              "specialsam.primary_prompt": cfg.eval.primary, "specialsam.mask_selection": cfg.eval.mask_selection,
-              "specialsam.scoring": "original-resolution",
-              "specialsam.image_size": ",".join(f"{k}={v}" for k, v in image_size.items())}
+    common = {
+        "specialsam.task": cfg.task,
+        "specialsam.data": task.data,
+        "specialsam.prompt_protocol": f"{cfg.eval.primary}/{cfg.eval.mask_selection}/original-resolution",
+        "specialsam.primary_prompt": cfg.eval.primary,
+        "specialsam.mask_selection": cfg.eval.mask_selection,
+        "specialsam.scoring": "original-resolution",
+        "specialsam.image_size": ",".join(f"{k}={v}" for k, v in image_size.items()),
+    }
     if state is None:
         folder.mkdir(parents=True, exist_ok=True)
-        parent = tracker.create_run(folder.name, {**common, ROLE: "sweep", "specialsam.sweep_dir": str(folder),
-                                                  "specialsam.models": ",".join(cfg.models)})
+        parent = tracker.create_run(
+            folder.name,
+            {
+                **common,
+                ROLE: "sweep",
+                "specialsam.sweep_dir": str(folder),
+                "specialsam.models": ",".join(cfg.models),
+            },
+        )
         tracker.log_params(parent, config_to_dict(cfg))
         state = {"parent_run_id": parent, "config": config_to_dict(cfg), "best": {}, "done": []}
         _save_state(folder, state)
@@ -266,12 +341,17 @@ def run_sweep(cfg: SweepConfig, opts: RunOptions) -> SweepOutcome | Plan:
         parent = state["parent_run_id"]
         tracker.client.update_run(parent, status="RUNNING")
         closed = tracker.close_running(parent)
-        _say(f"resuming sweep {folder.name} (parent run {parent}); {closed} interrupted run(s) marked KILLED", opts)
+        _say(
+            f"resuming sweep {folder.name} (parent run {parent}); {closed} interrupted run(s) marked KILLED",
+            opts,
+        )
     existing = {r.data.tags.get(TRIAL_ID): r for r in tracker.children(parent, "baseline")}
     baselines: list[BaselineResult] = []
     baseline_primary, base_ret = {}, {}
-    for name, (sam, info) in models.items():
-        per, base_ret[name] = _log_baselines(tracker, parent, common, name, packs[name], cfg, existing, sam, dev)
+    for name, (sam, _info) in models.items():
+        per, base_ret[name] = _log_baselines(
+            tracker, parent, common, name, packs[name], cfg, existing, sam, dev
+        )
         baselines += [BaselineResult(name, s, v) for s, v in per.items()]
         baseline_primary[name] = float(np.mean(per[cfg.eval.primary]))
         _say(f"baseline {name}: " + ", ".join(f"{s} {np.mean(v):.3f}" for s, v in per.items()), opts)
@@ -279,23 +359,45 @@ def run_sweep(cfg: SweepConfig, opts: RunOptions) -> SweepOutcome | Plan:
 
     # 4. phases
     threads = max(1, int(cfg.resources.cpus_per_trial))
-    resources = {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial}
-    ctx_base = {"packs": {n: str(p.folder) for n, p in packs.items()}, "cache_dir": str(cache.root),
-                "threads": threads, "primary": cfg.eval.primary, "strategies": list(cfg.eval.strategies),
-                "mask_selection": cfg.eval.mask_selection, "extra_metrics": cfg.eval.extra_metrics,
-                "fault": opts.fault}
-    train_settings = {k: getattr(cfg.train, k) for k in ("epochs", "max_steps", "batch_size", "patience",
-                                                         "warmup_fraction", "weight_decay")}
+    resources = tune_wiring.trial_resources(cfg.resources.cpus_per_trial, cfg.resources.gpus_per_trial)
+    ctx_base = {
+        "packs": {n: str(p.folder) for n, p in packs.items()},
+        "cache_dir": str(cache.root),
+        "threads": threads,
+        "primary": cfg.eval.primary,
+        "strategies": list(cfg.eval.strategies),
+        "mask_selection": cfg.eval.mask_selection,
+        "extra_metrics": cfg.eval.extra_metrics,
+        "fault": opts.fault,
+    }
+    train_settings = {
+        k: getattr(cfg.train, k)
+        for k in ("epochs", "max_steps", "batch_size", "patience", "warmup_fraction", "weight_decay")
+    }
     records = []
     for name in cfg.models:
         ctx = {**ctx_base, "phase": "tune", "train": train_settings}
-        space = {**tune_wiring.tune_param_space(cfg.search.space), "model": name,
-                 "n_train": cfg.search.n_train, "seed": cfg.curve.seeds[0]}
-        _say(f"phase A (tune) {name}: {cfg.search.num_samples} trials, {cfg.search.searcher.type} + "
-             f"{cfg.search.scheduler.type}", opts)
+        space = {
+            **tune_wiring.tune_param_space(cfg.search.space),
+            "model": name,
+            "n_train": cfg.search.n_train,
+            "seed": cfg.curve.seeds[0],
+        }
+        _say(
+            f"phase A (tune) {name}: {cfg.search.num_samples} trials, {cfg.search.searcher.type} + "
+            f"{cfg.search.scheduler.type}",
+            opts,
+        )
         recs = tune_wiring.run_phase(
-            f"tune-{name}", space, ctx, log, folder, resources, cfg.search.num_samples,
-            cfg.search.searcher.type, cfg.search.searcher.seed,
+            f"tune-{name}",
+            space,
+            ctx,
+            log,
+            folder,
+            resources,
+            cfg.search.num_samples,
+            cfg.search.searcher.type,
+            cfg.search.searcher.seed,
             cfg.search.scheduler.model_dump() if cfg.search.scheduler.type == "asha" else None,
             cfg.resources.max_concurrent,
         )
@@ -307,12 +409,18 @@ def run_sweep(cfg: SweepConfig, opts: RunOptions) -> SweepOutcome | Plan:
     ctx = {**ctx_base, "phase": "curve", "best": state["best"], "train": {**train_settings, "patience": 0}}
     from ray import tune
 
-    grid = {"model": tune.grid_search(list(cfg.models)), "n_train": tune.grid_search(list(cfg.curve.n_train)),
-            "seed": tune.grid_search(list(cfg.curve.seeds))}
-    _say(f"phase B (learning curve): {len(cfg.models) * len(cfg.curve.n_train) * len(cfg.curve.seeds)} trials",
-         opts)
-    records += tune_wiring.run_phase("curve", grid, ctx, log, folder, resources, 1, None, 0, None,
-                                     cfg.resources.max_concurrent)
+    grid = {
+        "model": tune.grid_search(list(cfg.models)),
+        "n_train": tune.grid_search(list(cfg.curve.n_train)),
+        "seed": tune.grid_search(list(cfg.curve.seeds)),
+    }
+    _say(
+        f"phase B (learning curve): {len(cfg.models) * len(cfg.curve.n_train) * len(cfg.curve.seeds)} trials",
+        opts,
+    )
+    records += tune_wiring.run_phase(
+        "curve", grid, ctx, log, folder, resources, 1, None, 0, None, cfg.resources.max_concurrent
+    )
 
     # 5. rules, report, export
     trials = _trial_results(records, base_ret)
@@ -325,14 +433,37 @@ def run_sweep(cfg: SweepConfig, opts: RunOptions) -> SweepOutcome | Plan:
     return outcome
 
 
-def finish_report(tracker: Tracker, parent: str, cfg: SweepConfig, data_kind: str, baselines, trials,
-                  records, models, opts: RunOptions) -> SweepOutcome:
+def finish_report(
+    tracker: Tracker,
+    parent: str,
+    cfg: SweepConfig,
+    data_kind: str,
+    baselines,
+    trials,
+    records,
+    models,
+    opts: RunOptions,
+) -> SweepOutcome:
     with tempfile.TemporaryDirectory() as d:
         out = Path(d)
-        rep = write_report(out, cfg.task, data_kind, baselines, trials, threshold=cfg.rules.threshold,
-                           primary_prompt=cfg.eval.primary, claimed_n=cfg.rules.claimed_n, seed=cfg.seed,
-                           protocol={"prompt": cfg.eval.primary, "mask_selection": cfg.eval.mask_selection,
-                                     "scoring": "original resolution", "split": "test", "data": data_kind})
+        rep = write_report(
+            out,
+            cfg.task,
+            data_kind,
+            baselines,
+            trials,
+            threshold=cfg.rules.threshold,
+            primary_prompt=cfg.eval.primary,
+            claimed_n=cfg.rules.claimed_n,
+            seed=cfg.seed,
+            protocol={
+                "prompt": cfg.eval.primary,
+                "mask_selection": cfg.eval.mask_selection,
+                "scoring": "original resolution",
+                "split": "test",
+                "data": data_kind,
+            },
+        )
         for f in (rep.report_md, rep.gain_plot, rep.curve_plot):
             tracker.log_artifact(parent, f, "rules")
         summary = format_summary(rep.summary)
@@ -340,7 +471,9 @@ def finish_report(tracker: Tracker, parent: str, cfg: SweepConfig, data_kind: st
     export = None
     if records is not None and models is not None:
         export = _export_best(tracker, parent, cfg, rep, records, models, opts)
-    return SweepOutcome(parent, rep, Path(), rep.tags, summary, export, trials, baselines, tracker.uri, data_kind)
+    return SweepOutcome(
+        parent, rep, Path(), rep.tags, summary, export, trials, baselines, tracker.uri, data_kind
+    )
 
 
 def _export_best(tracker, parent, cfg, rep, records, models, opts):
@@ -353,7 +486,7 @@ def _export_best(tracker, parent, cfg, rep, records, models, opts):
         m = r.params["model"]
         if m not in best_per_model or r.record["best_val_miou"] > best_per_model[m].record["best_val_miou"]:
             best_per_model[m] = r
-    for m, r in best_per_model.items():
+    for r in best_per_model.values():
         if r.run_id:
             tracker.log_artifact(r.run_id, r.checkpoint_dir / "decoder.pt")
             tracker.set_tags(r.run_id, {"specialsam.best_for_model": "true"})
@@ -391,7 +524,9 @@ def analyze_only(cfg: SweepConfig, opts: RunOptions, parent: str) -> SweepOutcom
     except Exception as exc:  # noqa: BLE001 - MLflow raises its own exception types
         raise UserError(f"--analyze-only {parent}: no such run in {uri} ({type(exc).__name__})") from None
     if run.data.tags.get(ROLE) != "sweep":
-        raise UserError(f"--analyze-only {parent}: run is not a sweep parent run (role={run.data.tags.get(ROLE)})")
+        raise UserError(
+            f"--analyze-only {parent}: run is not a sweep parent run (role={run.data.tags.get(ROLE)})"
+        )
     baselines = []
     for r in tracker.children(parent, "baseline"):
         per = tracker.download_json(r.info.run_id, "per_image_iou.json")["iou"]
@@ -402,13 +537,21 @@ def analyze_only(cfg: SweepConfig, opts: RunOptions, parent: str) -> SweepOutcom
             continue
         rec = tracker.download_json(r.info.run_id, "result.json")
         p = rec["params"]
-        trials.append(TrialResult(
-            trial_id=r.data.tags.get(TRIAL_ID, r.info.run_id), model=p["model"], n_train=p["n_train"],
-            seed=p["seed"], params={k: v for k, v in p.items() if k not in ("model", "n_train", "seed")},
-            per_image_iou={s: np.asarray(v["per_image_iou"]) for s, v in rec["test"].items()},
-            val_miou=rec["best_val_miou"], phase=rec["phase"], health=rec["health"],
-            retention_miou=rec.get("retention_miou"), base_retention_miou=r.data.metrics.get("base_retention_miou"),
-        ))
+        trials.append(
+            TrialResult(
+                trial_id=r.data.tags.get(TRIAL_ID, r.info.run_id),
+                model=p["model"],
+                n_train=p["n_train"],
+                seed=p["seed"],
+                params={k: v for k, v in p.items() if k not in ("model", "n_train", "seed")},
+                per_image_iou={s: np.asarray(v["per_image_iou"]) for s, v in rec["test"].items()},
+                val_miou=rec["best_val_miou"],
+                phase=rec["phase"],
+                health=rec["health"],
+                retention_miou=rec.get("retention_miou"),
+                base_retention_miou=r.data.metrics.get("base_retention_miou"),
+            )
+        )
     data_kind = run.data.tags.get("specialsam.data", "real")
     out = finish_report(tracker, parent, cfg, data_kind, baselines, trials, None, None, opts)
     out.tracking_uri = uri
@@ -425,4 +568,3 @@ def cleanup_records(records) -> None:
     for r in records or []:
         if r.checkpoint_dir is not None:
             shutil.rmtree(r.checkpoint_dir, ignore_errors=True)
-

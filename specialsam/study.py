@@ -27,26 +27,38 @@ def study_rows(outcomes: list[tuple[str, object]], primary: str) -> list[dict]:
         for c in rep.baseline_report.cells:
             if c.prompt != primary:
                 continue
-            rows.append({
-                "task": task, "data": out.data_kind, "model": c.model,  # type: ignore[attr-defined]
-                "n_train": c.config.n_train if c.config else None,
-                "baseline": c.baseline_miou, "specialised": c.specialised_miou,
-                "gain": c.gain.mean if c.gain else None, "lo": c.gain.lo if c.gain else None,
-                "hi": c.gain.hi if c.gain else None, "baseline_rule": c.verdict,
-                "data_rule": rep.verdict_data_rule,
-            })
+            rows.append(
+                {
+                    "task": task,
+                    "data": out.data_kind,
+                    "model": c.model,  # type: ignore[attr-defined]
+                    "n_train": c.config.n_train if c.config else None,
+                    "baseline": c.baseline_miou,
+                    "specialised": c.specialised_miou,
+                    "gain": c.gain.mean if c.gain else None,
+                    "lo": c.gain.lo if c.gain else None,
+                    "hi": c.gain.hi if c.gain else None,
+                    "baseline_rule": c.verdict,
+                    "data_rule": rep.verdict_data_rule,
+                }
+            )
     return rows
 
 
 def format_rows(rows: list[dict]) -> str:
-    head = f"{'task':<11} {'model':<7} {'n_train':>7} {'baseline':>9} {'specialised':>12} {'change [95% CI]':>26} " \
-           f"{'baseline rule':>14} {'data rule':>13}"
+    head = (
+        f"{'task':<11} {'model':<7} {'n_train':>7} {'baseline':>9} {'specialised':>12} "
+        f"{'change [95% CI]':>26} "
+        f"{'baseline rule':>14} {'data rule':>13}"
+    )
     lines = [head]
     for r in rows:
         spec = "-" if r["specialised"] is None else f"{r['specialised']:.3f}"
         change = "-" if r["gain"] is None else f"{r['gain']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]"
-        lines.append(f"{r['task']:<11} {r['model']:<7} {r['n_train'] or '-':>7} {r['baseline']:>9.3f} {spec:>12} "
-                     f"{change:>26} {r['baseline_rule']:>14} {r['data_rule']:>13}")
+        lines.append(
+            f"{r['task']:<11} {r['model']:<7} {r['n_train'] or '-':>7} {r['baseline']:>9.3f} {spec:>12} "
+            f"{change:>26} {r['baseline_rule']:>14} {r['data_rule']:>13}"
+        )
     return "\n".join(lines)
 
 
@@ -61,11 +73,19 @@ def combined_report(outcomes: list[tuple[str, object]], primary: str, threshold:
     y = np.array([c.gain.mean for c in with_gain])
     se = np.array([(c.gain.hi - c.gain.lo) / 3.92 for c in with_gain])
     crossover = fit_crossover(x, y, se)
-    return BaselineRuleReport(cells=cells, crossover=crossover, verdict=_overall([c.verdict for c in cells]),
-                              threshold=threshold, primary_prompt=primary, selections={})
+    return BaselineRuleReport(
+        cells=cells,
+        crossover=crossover,
+        verdict=_overall([c.verdict for c in cells]),
+        threshold=threshold,
+        primary_prompt=primary,
+        selections={},
+    )
 
 
-def log_study(tracking_uri: str, outcomes: list[tuple[str, object]], primary: str, threshold: float) -> tuple[str, str]:
+def log_study(
+    tracking_uri: str, outcomes: list[tuple[str, object]], primary: str, threshold: float
+) -> tuple[str, str]:
     """Log the table + cross-task scatter; returns (run id, printed table)."""
     from specialsam.tracking import ROLE, Tracker
 
@@ -73,22 +93,34 @@ def log_study(tracking_uri: str, outcomes: list[tuple[str, object]], primary: st
     table = format_rows(rows)
     rep = combined_report(outcomes, primary, threshold)
     tracker = Tracker(tracking_uri, STUDY_EXPERIMENT)
-    run = tracker.create_run("study-" + "-".join(t for t, _ in outcomes),
-                             {ROLE: "study", "specialsam.verdict.baseline_rule": rep.verdict,
-                              "specialsam.tasks": ",".join(t for t, _ in outcomes)})
+    run = tracker.create_run(
+        "study-" + "-".join(t for t, _ in outcomes),
+        {
+            ROLE: "study",
+            "specialsam.verdict.baseline_rule": rep.verdict,
+            "specialsam.tasks": ",".join(t for t, _ in outcomes),
+        },
+    )
     with tempfile.TemporaryDirectory() as d:
         p = Path(d)
         (p / "study_table.md").write_text(
             "# The study table\n\nPrimary prompt: " + primary + "\n\n```\n" + table + "\n```\n\n"
             f"Crossover across tasks: {rep.crossover.describe()}\n"
         )
-        plot_gain_vs_baseline(rep, p / "gain_vs_baseline_across_tasks.png", title="gain vs baseline, all tasks")
+        plot_gain_vs_baseline(
+            rep, p / "gain_vs_baseline_across_tasks.png", title="gain vs baseline, all tasks"
+        )
         tracker.log_artifact(run, p / "study_table.md")
         tracker.log_artifact(run, p / "gain_vs_baseline_across_tasks.png")
         tracker.log_json(run, rows, "study_table.json")
     for r in rows:
         if r["gain"] is not None:
-            tracker.log_metrics(run, {f"gain.{r['task']}.{r['model']}": r["gain"],
-                                      f"baseline.{r['task']}.{r['model']}": r["baseline"]})
+            tracker.log_metrics(
+                run,
+                {
+                    f"gain.{r['task']}.{r['model']}": r["gain"],
+                    f"baseline.{r['task']}.{r['model']}": r["baseline"],
+                },
+            )
     tracker.finish(run)
     return run, table + f"\ncrossover across tasks: {rep.crossover.describe()}"

@@ -54,8 +54,16 @@ def trainable(config: dict[str, Any]) -> None:
     sam = pack.headless_model()
     dev = select_device(precision=ctx.get("precision", "auto"))
     settings = {k: v for k, v in ctx["train"].items() if k in TrainConfig.__dataclass_fields__}
-    params = {**ctx.get("best", {}).get(config["model"], {}), **{k: config[k] for k in SEARCHABLE if k in config}}
-    cfg = TrainConfig(**{**settings, **params, "n_train": int(config["n_train"]), "seed": int(config["seed"])})
+    params = {
+        **ctx.get("best", {}).get(config["model"], {}),
+        **{k: config[k] for k in SEARCHABLE if k in config},
+    }
+    cfg = TrainConfig(
+        **{**settings, **params, "n_train": int(config["n_train"]), "seed": int(config["seed"])}
+    )
+    fault = ctx.get("fault") or {}
+    if _fault_matches(fault.get("nan"), config):  # test hook: a learning rate that must blow up
+        cfg.lr, cfg.grad_clip = 1e30, 0.0
     primary, strategies = ctx["primary"], ctx["strategies"]
 
     # baseline predictions on the overlay images, before the decoder changes
@@ -68,19 +76,24 @@ def trainable(config: dict[str, Any]) -> None:
         if not shown:
             return []
         preds = predict_masks(
-            sam, torch.from_numpy(test.embeddings(shown)), [Prompt(coords[i], labels[i]) for i in shown],
-            [test.original_hw[i] for i in shown], ctx["mask_selection"], prompts_in_model_frame=True,
+            sam,
+            torch.from_numpy(test.embeddings(shown)),
+            [Prompt(coords[i], labels[i]) for i in shown],
+            [test.original_hw[i] for i in shown],
+            ctx["mask_selection"],
+            prompts_in_model_frame=True,
         )
         return [_resize_mask(p, thumbs[i][1].shape) for p, i in zip(preds, shown)]
 
     base_thumbs = predict_thumbs()
-    fault = ctx.get("fault") or {}
 
     def fault_hook(step: int) -> None:
         _maybe_inject_fault(fault, config, step)
 
     def on_epoch(epoch: int, m: dict[str, float]) -> None:
-        tune.report({"val_miou": m["val_miou"], "train_loss": m["train_loss"], "epoch": epoch, "steps": m["steps"]})
+        tune.report(
+            {"val_miou": m["val_miou"], "train_loss": m["train_loss"], "epoch": epoch, "steps": m["steps"]}
+        )
 
     t0 = time.time()
     try:
@@ -98,26 +111,52 @@ def trainable(config: dict[str, Any]) -> None:
         out = Path(d)
         record = {
             "params": {**params, "n_train": cfg.n_train, "seed": cfg.seed, "model": config["model"]},
-            "phase": ctx["phase"], "history": result.history, "best_epoch": result.best_epoch,
-            "best_val_miou": result.best_val_miou, "steps": result.steps, "samples_seen": result.samples_seen,
-            "health": result.health_tag, "stopped_early": result.stopped_early, "trial_seconds": seconds,
+            "phase": ctx["phase"],
+            "history": result.history,
+            "best_epoch": result.best_epoch,
+            "best_val_miou": result.best_val_miou,
+            "steps": result.steps,
+            "samples_seen": result.samples_seen,
+            "health": result.health_tag,
+            "stopped_early": result.stopped_early,
+            "trial_seconds": seconds,
             "retention_miou": retention,
-            "test": {s: {"per_image_iou": sc.per_image_iou.tolist(), "keys": sc.keys, "means": sc.means,
-                         "per_category": sc.per_category, "skipped_empty": sc.skipped_empty}
-                     for s, sc in scores.items()},
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "test": {
+                s: {
+                    "per_image_iou": sc.per_image_iou.tolist(),
+                    "keys": sc.keys,
+                    "means": sc.means,
+                    "per_category": sc.per_category,
+                    "skipped_empty": sc.skipped_empty,
+                }
+                for s, sc in scores.items()
+            },
         }
         (out / "result.json").write_text(json.dumps(record))
         torch.save(decoder_state(sam), out / "decoder.pt")
-        plot_training_curves(result.history, out / "curves.png", title=f"{config['model']} n={cfg.n_train}",
-                             health=result.health_tag)
+        plot_training_curves(
+            result.history,
+            out / "curves.png",
+            title=f"{config['model']} n={cfg.n_train}",
+            health=result.health_tag,
+        )
         if shown:
             spec_thumbs = predict_thumbs()
             overlay_grid(
-                [thumbs[i][0] for i in shown], [thumbs[i][1] for i in shown], base_thumbs, spec_thumbs,
-                out / "overlay.png", titles=[test.keys[i] for i in shown],
+                [thumbs[i][0] for i in shown],
+                [thumbs[i][1] for i in shown],
+                base_thumbs,
+                spec_thumbs,
+                out / "overlay.png",
+                titles=[test.keys[i] for i in shown],
             )
-        final = {"val_miou": result.best_val_miou, "final": 1, "trial_seconds": seconds,
-                 **{f"test_miou.{s}": sc.miou for s, sc in scores.items()}}
+        final = {
+            "val_miou": result.best_val_miou,
+            "final": 1,
+            "trial_seconds": seconds,
+            **{f"test_miou.{s}": sc.miou for s, sc in scores.items()},
+        }
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(d))
 
 
@@ -127,13 +166,16 @@ def _resize_mask(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return cv2.resize(mask.astype(np.uint8), (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST) > 0
 
 
+def _fault_matches(spec: dict | None, config: dict) -> bool:
+    return bool(spec) and all(str(config.get(k)) == str(v) for k, v in spec.get("match", {}).items())
+
+
 def _maybe_inject_fault(fault: dict, config: dict, step: int) -> None:
-    """Test hook: kill this trial process once at a given step (marker file = 'once')."""
-    if not fault or step != fault.get("kill_at_step"):
+    """Test hook: kill this trial's process once at a given step (a marker file makes it once)."""
+    spec = fault.get("kill")
+    if not _fault_matches(spec, config) or step != spec.get("at_step", 1):
         return
-    if fault.get("n_train") is not None and int(config["n_train"]) != int(fault["n_train"]):
-        return
-    marker = Path(fault["marker_dir"]) / f"killed-{config['model']}-{config['n_train']}-{config['seed']}"
+    marker = Path(spec["marker_dir"]) / f"killed-{config['model']}-{config['n_train']}-{config['seed']}"
     if marker.exists():
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
@@ -194,10 +236,16 @@ class MlflowLogger(tune.Callback):
             cfg = trial.config
             best = cfg.get("_ctx", {}).get("best", {}).get(cfg["model"], {})
             params = {**best, **{k: cfg[k] for k in TRIAL_PARAMS if k in cfg}}
-            tags = {**self.log.common_tags, ROLE: "trial", TRIAL_ID: key, "specialsam.phase": self.phase,
-                    "specialsam.model": cfg["model"]}
+            tags = {
+                **self.log.common_tags,
+                ROLE: "trial",
+                TRIAL_ID: key,
+                "specialsam.phase": self.phase,
+                "specialsam.model": cfg["model"],
+            }
             run_id = self.log.tracker.create_run(
-                f"{self.phase}-{cfg['model']}-n{cfg['n_train']}-s{cfg['seed']}-{trial.trial_id}", tags,
+                f"{self.phase}-{cfg['model']}-n{cfg['n_train']}-s{cfg['seed']}-{trial.trial_id}",
+                tags,
                 parent=self.log.parent_run,
             )
             self.log.tracker.log_params(run_id, params)
@@ -214,7 +262,8 @@ class MlflowLogger(tune.Callback):
             return
         if "epoch" in result and "final" not in result:
             self.log.tracker.log_metrics(
-                self._run(trial), {"train_loss": result["train_loss"], "val_miou": result["val_miou"]},
+                self._run(trial),
+                {"train_loss": result["train_loss"], "val_miou": result["val_miou"]},
                 step=int(result["epoch"]),
             )
 
@@ -237,7 +286,9 @@ class MlflowLogger(tune.Callback):
         run = self._run(trial)
         last = trial.last_result or {}
         if "failed" in last:
-            self.log.tracker.set_tags(run, {"specialsam.failure": last["failed"], "specialsam.health": "failed"})
+            self.log.tracker.set_tags(
+                run, {"specialsam.failure": last["failed"], "specialsam.health": "failed"}
+            )
             self.log.tracker.finish(run, "FAILED")
             return
         ckpt = trial.checkpoint
@@ -254,8 +305,11 @@ def log_trial_record(log: SweepLogging, run: str, folder: Path) -> None:
     rec = json.loads((folder / "result.json").read_text())
     t = log.tracker
     model = rec["params"]["model"]
-    metrics: dict[str, float] = {f"test_miou.{s}": float(np.mean(v["per_image_iou"])) for s, v in rec["test"].items()
-                                 if v["per_image_iou"]}
+    metrics: dict[str, float] = {
+        f"test_miou.{s}": float(np.mean(v["per_image_iou"]))
+        for s, v in rec["test"].items()
+        if v["per_image_iou"]
+    }
     for s, v in rec["test"].items():
         for m, x in v["means"].items():
             if m != "iou":
@@ -273,10 +327,22 @@ def log_trial_record(log: SweepLogging, run: str, folder: Path) -> None:
             metrics["base_retention_miou"] = log.base_retention[model]
             metrics["retention_change"] = rec["retention_miou"] - log.base_retention[model]
     t.log_metrics(run, metrics)
-    t.set_tags(run, {"specialsam.health": rec["health"], "specialsam.stopped_early": str(rec["stopped_early"]).lower()})
+    t.set_tags(
+        run,
+        {
+            "specialsam.health": rec["health"],
+            "specialsam.stopped_early": str(rec["stopped_early"]).lower(),
+            "specialsam.node_id": rec.get("node_id", ""),
+        },
+    )
     for name in ("result.json", "curves.png", "overlay.png"):
         if (folder / name).exists():
             t.log_artifact(run, folder / name)
+
+
+def trial_resources(cpus: float, gpus: float) -> dict[str, float]:
+    """Per-trial request; a GPU fraction lets several decoder trials share one GPU."""
+    return {"cpu": float(cpus), "gpu": float(gpus)}
 
 
 def tune_param_space(space: dict[str, Any]) -> dict[str, Any]:
@@ -307,19 +373,24 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     from specialsam.errors import UserError
 
     quiet_tune()
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and address not in ("local", "auto"):  # "auto": Ray finds the local cluster itself
+        _check_reachable(address)
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
     if address and address != "local":
-        _check_reachable(address)
         try:
             ray.init(address=address, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise UserError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
         return
     ray.init(
-        num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
-        object_store_memory=200 * 1024**2, log_to_driver=False, configure_logging=False,
+        num_cpus=num_cpus or os.cpu_count(),
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        object_store_memory=200 * 1024**2,
+        log_to_driver=False,
+        configure_logging=False,
     )
 
 
@@ -331,12 +402,16 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
-        raise UserError(f"--address {address!r} must look like HOST:PORT (e.g. 10.0.0.5:6379) or ray://HOST:10001")
+        raise UserError(
+            f"--address {address!r} must look like HOST:PORT (e.g. 10.0.0.5:6379) or ray://HOST:10001"
+        )
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as exc:
-        raise UserError(f"Ray cluster at {address} is unreachable ({exc.strerror or exc}); check --address "
-                        "/ RAY_ADDRESS and that `ray start --head` runs there") from None
+        raise UserError(
+            f"Ray cluster at {address} is unreachable ({exc.strerror or exc}); check --address "
+            "/ RAY_ADDRESS and that `ray start --head` runs there"
+        ) from None
 
 
 def check_gpus(gpus_per_trial: float) -> None:
@@ -388,21 +463,29 @@ def run_phase(
         scheduler = None
         if asha:
             scheduler = ASHAScheduler(
-                time_attr="training_iteration", metric="val_miou", mode="max",
-                max_t=int(ctx["train"]["epochs"]) + 1, grace_period=int(asha["grace_period"]),
+                time_attr="training_iteration",
+                metric="val_miou",
+                mode="max",
+                max_t=int(ctx["train"]["epochs"]) + 1,
+                grace_period=int(asha["grace_period"]),
                 reduction_factor=float(asha["reduction_factor"]),
             )
         tuner = tune.Tuner(
             trainable_r,
             param_space=space,
             tune_config=tune.TuneConfig(
-                num_samples=num_samples, search_alg=search_alg, scheduler=scheduler,
+                num_samples=num_samples,
+                search_alg=search_alg,
+                scheduler=scheduler,
                 max_concurrent_trials=max_concurrent,
                 trial_name_creator=lambda t: f"{name}-{t.trial_id}",
                 trial_dirname_creator=lambda t: f"{name}-{t.trial_id}",
             ),
             run_config=tune.RunConfig(
-                name=name, storage_path=str(storage), callbacks=callbacks, verbose=0,
+                name=name,
+                storage_path=str(storage),
+                callbacks=callbacks,
+                verbose=0,
                 failure_config=tune.FailureConfig(max_failures=max_failures),
                 # each trial checkpoints once (its final record); keeping all avoids forced snapshots
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=None),

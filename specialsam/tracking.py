@@ -11,7 +11,6 @@ into their own directories, where a relative URI would point elsewhere).
 from __future__ import annotations
 
 import json
-import socket
 import tempfile
 import time
 import urllib.error
@@ -52,7 +51,7 @@ def check_server(url: str, timeout: float = 5.0) -> None:
         with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout) as r:
             if r.status >= 400:
                 raise OSError(f"HTTP {r.status}")
-    except (OSError, urllib.error.URLError, socket.timeout) as exc:
+    except (TimeoutError, OSError, urllib.error.URLError) as exc:
         reason = getattr(exc, "reason", exc)
         raise UserError(
             f"MLflow tracking server {url} is unreachable ({reason}); start it (see cluster/README.md) "
@@ -141,9 +140,7 @@ class Tracker:
         f = f"tags.`{PARENT}` = '{parent}'"
         if role:
             f += f" and tags.`{ROLE}` = '{role}'"
-        return list(
-            self.client.search_runs([self.experiment_id], filter_string=f, max_results=5000)
-        )
+        return list(self.client.search_runs([self.experiment_id], filter_string=f, max_results=5000))
 
     def trial_runs(self, parent: str) -> dict[str, Any]:
         """Existing trial child runs by trial id (for resume: reuse, never duplicate)."""

@@ -31,17 +31,29 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--task", help="carpet | wood | camouflage | folder | all")
     ap.add_argument("--tasks", help="comma list of tasks to run in turn (the study table), e.g. carpet,wood")
     ap.add_argument("--config", type=Path, help="sweep YAML (default: sweeps/<task>.yaml)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config setting, e.g. --set search.num_samples=4 (repeatable)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config setting, e.g. --set search.num_samples=4 (repeatable)",
+    )
     ap.add_argument("--data-root", help="real dataset root (default: the task's procedural stand-in)")
-    ap.add_argument("--checkpoint-dir", help="folder with official SAM/MobileSAM checkpoints "
-                    "(default: $SPECIALSAM_CHECKPOINTS)")
-    ap.add_argument("--allow-unverified", action="store_true",
-                    help="accept checkpoints whose hash cannot be verified (MedSAM, in-house fine-tunes)")
+    ap.add_argument(
+        "--checkpoint-dir",
+        help="folder with official SAM/MobileSAM checkpoints (default: $SPECIALSAM_CHECKPOINTS)",
+    )
+    ap.add_argument(
+        "--allow-unverified",
+        action="store_true",
+        help="accept checkpoints whose hash cannot be verified (MedSAM, in-house fine-tunes)",
+    )
     ap.add_argument("--models", help="comma list, e.g. tiny-s,tiny-m or vit_t,vit_b,vit_l,vit_h")
     ap.add_argument("--num-samples", type=int, help="phase A trials per model (search.num_samples)")
     ap.add_argument("--cpus-per-trial", type=float)
-    ap.add_argument("--gpus-per-trial", type=float, help="GPU fraction per trial, e.g. 0.25 = 4 trials per GPU")
+    ap.add_argument(
+        "--gpus-per-trial", type=float, help="GPU fraction per trial, e.g. 0.25 = 4 trials per GPU"
+    )
     ap.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     ap.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)")
     ap.add_argument("--experiment", help="MLflow experiment (default: specialsam-<task>)")
@@ -50,10 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--export-dir", help="where the specialised model is written (default ./exports)")
     ap.add_argument("--seed", type=int, help="task split seed")
     ap.add_argument("--smoke", action="store_true", help="a tiny sweep to check everything runs")
-    ap.add_argument("--resume", nargs="?", const="latest", metavar="SWEEP",
-                    help="continue an interrupted sweep (default: the latest for the task)")
-    ap.add_argument("--plan", action="store_true", help="print trials, encoder passes, cache size, time; exit")
-    ap.add_argument("--analyze-only", metavar="RUN_ID", help="rebuild the report of a finished sweep from MLflow")
+    ap.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        metavar="SWEEP",
+        help="continue an interrupted sweep (default: the latest for the task)",
+    )
+    ap.add_argument(
+        "--plan", action="store_true", help="print trials, encoder passes, cache size, time; exit"
+    )
+    ap.add_argument(
+        "--analyze-only", metavar="RUN_ID", help="rebuild the report of a finished sweep from MLflow"
+    )
     return ap
 
 

@@ -10,6 +10,10 @@ import torch
 
 torch.set_num_threads(1)
 os.environ.setdefault("TQDM_DISABLE", "1")
+# The test cluster lives entirely on 127.0.0.1. Ray rewrites 127.0.0.1 in addresses to the
+# machine's network address, which sandboxed CI machines cannot reach; this (oddly named) switch
+# makes Ray's own "node address" the loopback one. Subprocess drivers inherit it.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 @pytest.fixture
@@ -40,3 +44,130 @@ def scene_task(n_train: int = 24, n_val: int = 8, n_test: int = 8, name: str = "
         test=samples("test", n_test, 2000),
         source="scenes",
     )
+
+
+# --------------------------------------------------------------------------------------------
+# One real multi-node Ray cluster per test session (head + worker, both on 127.0.0.1, no
+# dashboard, small object stores), one lean MLflow server, one shared smoke sweep.
+# --------------------------------------------------------------------------------------------
+REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    node = {"num_cpus": 1, "object_store_memory": 80 * 1024**2, "node_ip_address": "127.0.0.1"}
+    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    cluster.add_node(**node)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1, kept lean: one worker."""
+    import subprocess
+    import time
+    import urllib.request
+
+    d = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            str(REPO / ".venv/bin/mlflow") if (REPO / ".venv/bin/mlflow").exists() else "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{d}/mlflow.db",
+            "--artifacts-destination",
+            str(d / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(d / "server.log", "wb"),
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError(f"mlflow server did not start: {(d / 'server.log').read_text()[-2000:]}")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+SMOKE_SETS = [
+    "search.num_samples=4",  # enough trials for ASHA to stop some at its first rung
+]
+
+
+def run_sweep_cli(argv: list[str], cwd, monkeypatch=None, env: dict | None = None) -> int:
+    """sweeps/run.py's main, in this process (so it shares the session's Ray cluster)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sweeps_run", REPO / "sweeps" / "run.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    old = os.getcwd()
+    os.chdir(cwd)
+    saved = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    try:
+        return mod.main(argv)
+    finally:
+        os.chdir(old)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(ray_cluster, tmp_path_factory):
+    """The shared smoke sweep (carpet stand-in, tiny-s), with trial faults injected:
+    one trial process killed once mid-training (retried) and one trial whose loss goes NaN."""
+    import json
+
+    d = tmp_path_factory.mktemp("smoke")
+    faults = {
+        "kill": {"match": {"n_train": 64, "seed": 1}, "at_step": 2, "marker_dir": str(d / "faults")},
+        "nan": {"match": {"n_train": 32, "seed": 1}},
+    }
+    rc = run_sweep_cli(
+        [
+            "--task",
+            "carpet",
+            "--smoke",
+            *sum((["--set", s] for s in SMOKE_SETS), []),
+            "--cache-dir",
+            str(d / "cache"),
+        ],
+        d,
+        env={"SPECIALSAM_TEST_FAULTS": json.dumps(faults)},
+    )
+    assert rc == 0
+    return {"dir": d, "uri": f"sqlite:///{d / 'mlflow.db'}", "faults": faults}

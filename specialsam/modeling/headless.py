@@ -54,7 +54,9 @@ def build_headless(name: str) -> Sam:
 
 def decoder_state(sam: nn.Module) -> dict[str, torch.Tensor]:
     """The prompt-encoder + mask-decoder weights, in SAM's key layout."""
-    return {k: v.detach().cpu().clone() for k, v in sam.state_dict().items() if k.startswith(DECODER_PREFIXES)}
+    return {
+        k: v.detach().cpu().clone() for k, v in sam.state_dict().items() if k.startswith(DECODER_PREFIXES)
+    }
 
 
 def load_decoder_state(sam: Sam, state: dict[str, torch.Tensor]) -> None:

@@ -1,0 +1,436 @@
+"""Camouflaged object segmentation: COD10K-v3, plus CAMO / CHAMELEON / NC4K as transfer test sets.
+
+**COD10K-v3 layout** (``data_root`` is the folder holding ``Train/`` and ``Test/``, or its parent
+holding ``COD10K-v3/``)::
+
+    Train/Image/COD10K-CAM-1-Aquatic-1-BatFish-1.jpg     Train/GT_Object/COD10K-CAM-1-Aquatic-1-BatFish-1.png
+    Test/Image/...                                       Test/GT_Object/...
+
+File names are ``COD10K-<CAM|NonCAM>-<i>-<SuperClass>-<j>-<Class>-<n>``. ``NonCAM`` images contain
+no camouflaged object (their masks are empty or absent): they are skipped from segmentation and
+counted in a note, as are CAM images whose mask is empty. ``Sample.category`` is the super-class
+(``Aquatic``, ``Terrestrial``, ``Flying``, ``Amphibian``, ``Other``) with ``category="super"``
+(the default: the report breaks results down by super-class), or ``"Aquatic/BatFish"`` with
+``category="class"``; a name that does not follow the pattern gets ``unknown``.
+
+**Splits.** ``test`` is COD10K's Test CAM images (``n_test`` caps it with a seeded subset).
+``val`` is carved from Train by ``val_fraction`` with the seed, before ``n_train`` caps the rest,
+so the validation set does not move when ``n_train`` changes; ``train`` is seeded-shuffled so its
+first ``n`` samples are a nested subset. Exact-duplicate images across train/val/test/extra sets
+are dropped from the later one (see ``splits``).
+
+**Extra test sets** (``extra_test_sets: {name: path}``): plain image+mask folders evaluated
+zero-shot as transfer sets (``TaskDataWithExtras.extra_tests[name]``). Understood layouts inside
+``path`` (first match wins): ``Imgs/``+``GT/`` (the SINet TestDataset packaging of CAMO,
+CHAMELEON, COD10K, NC4K), ``Images/``+``GT/`` (CAMO-V.1.0; ``Images/Test`` is used when the
+images sit there), ``Image/``+``GT_Object/``, ``Image/``+``GT/``, ``image/``+``mask/``,
+``images/``+``masks/``. Masks match images by file stem. ``n_test`` caps each extra set too.
+
+**Memory.** Samples hold decoded pixels. ``max_side`` (default 1024, SAM's input size) downscales
+larger images on load (area interpolation; masks nearest) so e.g. 3,000 COD10K train images stay
+around 7 GB; lower it (or ``n_train``) on small machines. ``flip`` is not applied here: it tells
+the trainer to double the training set with horizontal flips, as the study did.
+
+**Offline stand-in** (``data_root=None``): textured backgrounds (scikit-image's grass, gravel and
+brick photographs, colourised, and a procedural bark) with one animal-like blob whose interior is
+the *same* texture sampled elsewhere, shifted slightly in brightness and hue, composited with soft
+edges. Hard for a generalist by construction. Its four categories are the background types;
+``extra_tests["procedural-transfer"]`` uses an unseen procedural sand background, standing in
+for a transfer set.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from specialsam.errors import UserError
+from specialsam.tasks.base import Sample
+from specialsam.tasks.io import list_images, read_image, read_mask, resize_pair
+from specialsam.tasks.splits import (
+    TaskDataWithExtras,
+    dedupe_samples,
+    duplicates_note,
+    split_keys,
+)
+
+SUPER_CLASSES = ("Aquatic", "Terrestrial", "Flying", "Amphibian", "Other")
+COD_NAME = re.compile(r"^COD10K-(CAM|NonCAM)-(\d+)-([A-Za-z]+)-(\d+)-([A-Za-z0-9_]+)-(\d+)$")
+EXTRA_LAYOUTS = (
+    ("Imgs", "GT"),
+    ("Images", "GT"),
+    ("Image", "GT_Object"),
+    ("Image", "GT"),
+    ("image", "mask"),
+    ("images", "masks"),
+    ("Imgs", "GT_Object"),
+)
+
+
+@dataclass
+class Options:
+    n_train: int | None = 6000
+    """Cap on training samples (the study used 6,000); None = all."""
+    val_fraction: float = 0.1
+    """Share of COD10K Train held out for validation (seeded), before n_train applies."""
+    n_test: int | None = None
+    """Cap on each test set (COD10K Test and every extra set; seeded subset); None = all."""
+    max_side: int | None = 1024
+    """Downscale images whose longer side exceeds this on load (memory); None keeps full size."""
+    category: str = "super"
+    """super: Sample.category = super-class (Aquatic...); class: 'Aquatic/BatFish'."""
+    flip: bool = True
+    """Consumed by the trainer: double the training set with horizontal flips (as the study)."""
+    extra_test_sets: dict[str, str] = field(default_factory=dict)
+    """name -> folder of a CAMO / CHAMELEON / NC4K style image+mask set, evaluated zero-shot."""
+    procedural_train: int = 1000
+    """Stand-in only: images generated for train+val."""
+    procedural_test: int = 300
+    """Stand-in only: images in the test set and in the transfer set."""
+
+
+def parse_cod10k_name(stem: str) -> tuple[bool, str, str] | None:
+    """(is_camouflaged, super-class, class) from a COD10K file stem; None if it does not parse."""
+    m = COD_NAME.match(stem)
+    if m is None:
+        return None
+    return m.group(1) == "CAM", m.group(3), m.group(5)
+
+
+def category_of(stem: str, level: str) -> str:
+    parsed = parse_cod10k_name(stem)
+    if parsed is None:
+        return "unknown"
+    _, sup, cls = parsed
+    return sup if level == "super" else f"{sup}/{cls}"
+
+
+def _check_options(o: Options) -> None:
+    if o.category not in ("super", "class"):
+        raise UserError(f"data.category={o.category!r} for task camouflage; choose super or class")
+    if not 0 < o.val_fraction < 0.9:
+        raise UserError(f"data.val_fraction={o.val_fraction} for task camouflage; use a value in (0, 0.9)")
+    for name in ("n_train", "n_test", "max_side"):
+        v = getattr(o, name)
+        if v is not None and v < 1:
+            raise UserError(f"data.{name}={v} for task camouflage; use a positive number or leave it unset")
+    if not isinstance(o.extra_test_sets, dict):
+        raise UserError("data.extra_test_sets for task camouflage must map a name to a folder")
+    for name in ("procedural_train", "procedural_test"):
+        if getattr(o, name) < 3:
+            raise UserError(f"data.{name}={getattr(o, name)} for task camouflage; use at least 3")
+
+
+# ---------------------------------------------------------------------------------------------
+# Real data
+
+
+def cod10k_root(root: Path) -> Path:
+    if not (root / "Train").is_dir() and (root / "COD10K-v3" / "Train").is_dir():
+        return root / "COD10K-v3"
+    return root
+
+
+def _pairs(img_dir: Path, mask_dir: Path, what: str) -> tuple[list[tuple[Path, Path]], int]:
+    """(image, mask) pairs of the camouflaged images in ``img_dir`` and the NonCAM count skipped.
+    Any other image without a mask is a UserError listing the first few."""
+    if not mask_dir.is_dir():
+        raise UserError(
+            f"{what}: mask folder {mask_dir} does not exist; the images in {img_dir} need their masks there"
+        )
+    images = list_images(img_dir)
+    if not images:
+        raise UserError(f"{what}: no images in {img_dir}; check the dataset path")
+    masks = {p.stem: p for p in list_images(mask_dir)}
+    pairs, noncam, missing = [], 0, []
+    for p in images:
+        parsed = parse_cod10k_name(p.stem)
+        if parsed is not None and not parsed[0]:
+            noncam += 1
+            continue
+        m = masks.get(p.stem)
+        if m is None:
+            missing.append(p.name)
+        else:
+            pairs.append((p, m))
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise UserError(
+            f"{what}: {len(missing)} images in {img_dir} have no mask in {mask_dir} "
+            f"(same file stem expected): {', '.join(missing[:5])}{more}"
+        )
+    return pairs, noncam
+
+
+def _load_pairs(
+    pairs: list[tuple[Path, Path]], options: Options, prefix: str, keep_empty: bool = False
+) -> tuple[list[Sample], int]:
+    """Samples from (image, mask) pairs; returns them and how many empty masks were skipped."""
+    out, empty = [], 0
+    for img_path, mask_path in pairs:
+        image = read_image(img_path)
+        mask = read_mask(mask_path, expected_hw=image.shape[:2], image_path=img_path)
+        if not mask.any() and not keep_empty:
+            empty += 1
+            continue
+        image, mask = resize_pair(image, mask, options.max_side)
+        out.append(
+            Sample(f"{prefix}/{img_path.name}", image, mask, category_of(img_path.stem, options.category))
+        )
+    return out, empty
+
+
+def _cap(pairs: list[tuple[Path, Path]], n: int | None, seed: int, salt: str) -> list[tuple[Path, Path]]:
+    if n is None or len(pairs) <= n:
+        return pairs
+    keep = set(split_keys([p for p, _ in pairs], 0.0, 0.0, seed, salt=salt)[0][:n])
+    return [pm for pm in pairs if pm[0] in keep]
+
+
+def find_image_mask_dirs(path: Path, what: str) -> tuple[Path, Path]:
+    """The image and mask folders of a plain test set (see the module docstring's layouts)."""
+    if not path.is_dir():
+        raise UserError(f"{what}: folder {path} does not exist; fix the path in data.extra_test_sets")
+    for img_name, mask_name in EXTRA_LAYOUTS:
+        img_dir, mask_dir = path / img_name, path / mask_name
+        if not (img_dir.is_dir() and mask_dir.is_dir()):
+            continue
+        if not list_images(img_dir) and list_images(img_dir / "Test"):
+            img_dir = img_dir / "Test"
+        if not list_images(mask_dir) and list_images(mask_dir / "Test"):
+            mask_dir = mask_dir / "Test"
+        return img_dir, mask_dir
+    layouts = ", ".join(f"{a}/+{b}/" for a, b in EXTRA_LAYOUTS)
+    raise UserError(f"{what}: {path} has no image and mask folders; expected one of {layouts}")
+
+
+def load_real(root: Path, options: Options, seed: int) -> TaskDataWithExtras:
+    root = cod10k_root(root)
+    notes: list[str] = []
+    for split in ("Train", "Test"):
+        if not (root / split / "Image").is_dir():
+            raise UserError(
+                f"COD10K folder {root / split / 'Image'} does not exist; --data-root must hold "
+                "COD10K-v3's Train/ and Test/ folders "
+                "(Train/Image, Train/GT_Object, Test/Image, Test/GT_Object)"
+            )
+        if not (root / split / "GT_Object").is_dir():
+            raise UserError(
+                f"COD10K mask folder {root / split / 'GT_Object'} does not exist; COD10K-v3 keeps the "
+                "object masks there (GT_Object, not GT_Edge or GT_Instance)"
+            )
+    train_pairs, nc_train = _pairs(root / "Train" / "Image", root / "Train" / "GT_Object", "COD10K Train")
+    test_pairs, nc_test = _pairs(root / "Test" / "Image", root / "Test" / "GT_Object", "COD10K Test")
+    unknown = sum(parse_cod10k_name(p.stem) is None for p, _ in train_pairs + test_pairs)
+    by_img = dict(train_pairs)
+    tr, va, _ = split_keys(list(by_img), options.val_fraction, 0.0, seed, salt="cod10k-val")
+    if options.n_train is not None:
+        tr = tr[: options.n_train]
+    train, e1 = _load_pairs([(p, by_img[p]) for p in tr], options, "COD10K/Train")
+    val, e2 = _load_pairs([(p, by_img[p]) for p in va], options, "COD10K/Train")
+    test, e3 = _load_pairs(_cap(test_pairs, options.n_test, seed, "cod10k-test"), options, "COD10K/Test")
+    splits: dict[str, list[Sample]] = {"train": train, "val": val, "test": test}
+    for name, path in options.extra_test_sets.items():
+        what = f"data.extra_test_sets.{name}"
+        img_dir, mask_dir = find_image_mask_dirs(Path(path).expanduser(), what)
+        pairs, nc = _pairs(img_dir, mask_dir, what)
+        samples, empty = _load_pairs(_cap(pairs, options.n_test, seed, f"extra-{name}"), options, name)
+        splits[f"extra:{name}"] = samples
+        notes.append(
+            f"extra test set {name}: {len(samples)} images from {img_dir}"
+            + (f" ({empty} empty masks skipped)" if empty else "")
+            + (f" ({nc} NonCAM skipped)" if nc else "")
+        )
+    splits, dups = dedupe_samples(splits)
+    if (dn := duplicates_note(dups)) is not None:
+        notes.append(dn)
+    notes.insert(
+        0,
+        f"COD10K: skipped {nc_train + nc_test} NonCAM images (no camouflaged object; "
+        f"{nc_train} train, {nc_test} test) and {e1 + e2 + e3} CAM images with empty masks",
+    )
+    if unknown:
+        notes.append(
+            f"COD10K: {unknown} file names do not follow COD10K-CAM-i-Super-j-Class-n; category 'unknown'"
+        )
+    if options.max_side is not None:
+        notes.append(f"images downscaled to at most {options.max_side} px on the longer side (data.max_side)")
+    return TaskDataWithExtras(
+        name="camouflage",
+        data="real",
+        train=splits.pop("train"),
+        val=splits.pop("val"),
+        test=splits.pop("test"),
+        source=str(root),
+        notes=notes,
+        extra_tests={k.removeprefix("extra:"): v for k, v in splits.items()},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Procedural stand-in
+
+# background type -> (dark RGB, light RGB) of the colour ramp applied to the grey texture
+PALETTES: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "Grass": ((28, 52, 18), (170, 190, 90)),
+    "Gravel": ((60, 55, 48), (200, 190, 170)),
+    "Brick": ((70, 30, 22), (200, 120, 85)),
+    "Bark": ((40, 28, 18), (160, 130, 95)),
+    "Sand": ((120, 96, 60), (235, 215, 170)),  # transfer set only
+}
+TRAIN_BACKGROUNDS = ("Grass", "Gravel", "Brick", "Bark")
+
+
+def _lowfreq(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
+    g = rng.uniform(-1, 1, (cells, cells)).astype(np.float32)
+    return cv2.resize(g, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def _procedural_gray(kind: str, seed: int, size: int = 512) -> np.ndarray:
+    """Bark (vertical furrows) or sand (ripples), grey uint8."""
+    rng = np.random.default_rng([seed, 77])
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    if kind == "Bark":
+        warp = _lowfreq(rng, size, size, 6) * 18 + _lowfreq(rng, size, size, 20) * 4
+        fur = np.abs(np.sin((xx + warp) * 2 * np.pi / 22.0)) ** 0.6
+        cracks = cv2.resize(rng.uniform(0, 1, (size // 40, size // 6)).astype(np.float32), (size, size))
+        g = 0.6 * fur + 0.25 * cracks + 0.15 * rng.uniform(0, 1, (size, size)).astype(np.float32)
+    else:
+        warp = _lowfreq(rng, size, size, 5) * 25
+        rip = 0.5 + 0.5 * np.sin((yy + 0.3 * xx + warp) * 2 * np.pi / 14.0)
+        g = (
+            0.55 * rip
+            + 0.25 * (0.5 + 0.5 * _lowfreq(rng, size, size, 8))
+            + 0.2 * rng.uniform(0, 1, (size, size)).astype(np.float32)
+        )
+    g = cv2.GaussianBlur(g, (3, 3), 0)
+    g = (g - g.min()) / (g.max() - g.min() + 1e-6)
+    return (g * 255).astype(np.uint8)
+
+
+@functools.cache
+def background_source(kind: str) -> np.ndarray:
+    """The grey 512x512 source texture of a background type."""
+    if kind in ("Grass", "Gravel", "Brick"):
+        import skimage.data
+
+        return np.ascontiguousarray(getattr(skimage.data, kind.lower())())
+    return _procedural_gray(kind, seed=1)
+
+
+def _crop(
+    rng: np.random.Generator, src: np.ndarray, h: int, w: int, rot: bool, scale: float, flip: bool
+) -> np.ndarray:
+    """Random-position crop of the source at ``scale`` (source px per output px), resized to (h, w)."""
+    if rot:
+        src = np.rot90(src)
+    s = src.shape[0]
+    ch, cw = min(s, int(h * scale)), min(s, int(w * scale))
+    y0, x0 = int(rng.integers(s - ch + 1)), int(rng.integers(s - cw + 1))
+    crop = cv2.resize(
+        np.ascontiguousarray(src[y0 : y0 + ch, x0 : x0 + cw]), (w, h), interpolation=cv2.INTER_AREA
+    )
+    if flip:
+        crop = crop[:, ::-1]
+    return crop.astype(np.float32) / 255.0
+
+
+def _colourise(gray: np.ndarray, dark: np.ndarray, light: np.ndarray) -> np.ndarray:
+    return dark + (light - dark) * gray[..., None]
+
+
+def _animal_mask(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A blob body (random radial harmonics) with 0-4 limb/tail strokes, 4-22% of the image."""
+    m = np.zeros((h, w), np.uint8)
+    area = rng.uniform(0.04, 0.22) * h * w
+    elong = rng.uniform(1.0, 2.2)
+    ry = np.sqrt(area / np.pi / elong)
+    rx = ry * elong
+    cx, cy = rng.uniform(0.3, 0.7) * w, rng.uniform(0.3, 0.7) * h
+    rot = rng.uniform(0, np.pi)
+    ang = np.linspace(0, 2 * np.pi, 72, endpoint=False)
+    rad = np.ones_like(ang)
+    for k in range(2, 6):
+        rad += rng.uniform(0, 0.25 / k * 2) * np.cos(k * ang + rng.uniform(0, 2 * np.pi))
+    px, py = rx * rad * np.cos(ang), ry * rad * np.sin(ang)
+    pts = np.stack([cx + px * np.cos(rot) - py * np.sin(rot), cy + px * np.sin(rot) + py * np.cos(rot)], 1)
+    cv2.fillPoly(m, [pts.astype(np.int32)], 1)
+    for _ in range(int(rng.integers(0, 5))):  # limbs, tail, antennae
+        i = int(rng.integers(len(pts)))
+        a = np.arctan2(pts[i, 1] - cy, pts[i, 0] - cx) + rng.normal(0, 0.4)
+        length = rng.uniform(0.3, 0.9) * ry
+        end = pts[i] + length * np.array([np.cos(a), np.sin(a)])
+        cv2.line(
+            m, tuple(pts[i].astype(int)), tuple(end.astype(int)), 1, max(2, int(ry * rng.uniform(0.08, 0.25)))
+        )
+    return m.astype(bool)
+
+
+def camouflage_scene(seed: tuple[int, ...], background: str) -> tuple[np.ndarray, np.ndarray]:
+    """One stand-in image (RGB uint8) and its object mask."""
+    rng = np.random.default_rng(seed)
+    h, w = (int(v) for v in rng.integers(256, 385, 2) // 8 * 8)
+    src = background_source(background)
+    dark, light = (np.asarray(c, np.float32) / 255 for c in PALETTES[background])
+    tint = rng.normal(0, 0.03, 3).astype(np.float32)
+    dark, light = dark + tint, light + tint
+    rot, flip = bool(rng.random() < 0.5), bool(rng.random() < 0.5)
+    scale = rng.uniform(0.55, 1.0) * src.shape[0] / max(h, w)
+    bg = _colourise(_crop(rng, src, h, w, rot, scale, flip), dark, light)
+    # the object: the same texture (same orientation, similar scale) from elsewhere, a little
+    # brighter or darker and nudged in hue
+    shift = rng.choice([-1, 1]) * rng.uniform(0.03, 0.12)
+    hue = rng.normal(0, 0.015, 3).astype(np.float32)
+    obj_scale = min(scale * rng.uniform(0.85, 1.15), src.shape[0] / max(h, w))
+    obj = _colourise(_crop(rng, src, h, w, rot, obj_scale, flip), dark + hue, light + hue) * (1 + shift)
+    mask = _animal_mask(rng, h, w)
+    alpha = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), rng.uniform(1.0, 2.5))[..., None]
+    img = bg * (1 - alpha) + obj * alpha
+    img *= 1 + 0.12 * _lowfreq(rng, h, w, 3)[..., None]  # illumination that ignores the object
+    img += rng.normal(0, 0.012, (h, w, 1)).astype(np.float32)
+    return np.clip(img * 255, 0, 255).astype(np.uint8), mask
+
+
+def load_procedural(options: Options, seed: int) -> TaskDataWithExtras:
+    def make(split: str, i: int, bg: str) -> Sample:
+        img, mask = camouflage_scene((seed, 9001, {"pool": 0, "test": 1, "transfer": 2}[split], i), bg)
+        return Sample(f"procedural-cod/{split}/{i:05d}", img, mask, bg)
+
+    pool = [make("pool", i, TRAIN_BACKGROUNDS[i % 4]) for i in range(options.procedural_train)]
+    tr, va, _ = split_keys(list(range(len(pool))), options.val_fraction, 0.0, seed, salt="procedural-cod-val")
+    if options.n_train is not None:
+        tr = tr[: options.n_train]
+    test = [make("test", i, TRAIN_BACKGROUNDS[i % 4]) for i in range(options.procedural_test)]
+    transfer = [make("transfer", i, "Sand") for i in range(options.procedural_test)]
+    notes = [
+        "camouflage: no --data-root, so procedural camouflage scenes stand in for COD10K "
+        "(objects cut from their own background texture); pass --data-root DIR holding COD10K-v3's "
+        "Train/ and Test/ folders to use the real data"
+    ]
+    if options.extra_test_sets:
+        notes.append(
+            "data.extra_test_sets ignored without --data-root (real transfer sets are not mixed "
+            "with a procedural training set); the stand-in's transfer set is 'procedural-transfer'"
+        )
+    return TaskDataWithExtras(
+        name="camouflage",
+        data="procedural",
+        train=[pool[i] for i in tr],
+        val=[pool[i] for i in va],
+        test=test,
+        source="procedural stand-in: camouflage scenes on grass/gravel/brick/bark (+ sand transfer)",
+        notes=notes,
+        extra_tests={"procedural-transfer": transfer},
+    )
+
+
+def load(data_root: Path | None, options: Options, seed: int) -> TaskDataWithExtras:
+    _check_options(options)
+    if data_root is None:
+        return load_procedural(options, seed)
+    return load_real(data_root, options, seed)

@@ -1,0 +1,71 @@
+"""The tiny generalists: resumable pretraining, and shipped weights that still reach their card."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from specialsam.pretrain import WEIGHTS_DIR, PretrainConfig, evaluate_generalist, load_shipped, main, pretrain
+from specialsam.scenes import heldout_scenes, make_scene
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)
+
+
+def test_resume_continues_the_same_run(tmp_path):
+    cfg = PretrainConfig(size="s", steps=6, batch=2, targets_per_image=2, warmup=2)
+    straight = pretrain(cfg, tmp_path / "a.pt", tmp_path / "a-final.pt", log_every=100)
+    assert straight["step"] == 6
+    half = pretrain(cfg, tmp_path / "b.pt", tmp_path / "b-final.pt", stop_after=3, log_every=100)
+    assert half["step"] == 3 and not (tmp_path / "b-final.pt").exists()
+    state = torch.load(tmp_path / "b.pt", weights_only=True)
+    assert state["step"] == 3 and state["optimizer"]["state"]  # optimizer moments are saved
+    rest = pretrain(cfg, tmp_path / "b.pt", tmp_path / "b-final.pt", log_every=100)
+    assert rest["step"] == 6
+    a, b = _weights(tmp_path / "a-final.pt"), _weights(tmp_path / "b-final.pt")
+    for k in a:  # same data stream + same optimizer state => the very same weights
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    restarted = pretrain(cfg, tmp_path / "c.pt", tmp_path / "c-final.pt", stop_after=3, log_every=100)
+    assert restarted["step"] == 3
+
+
+def test_changed_settings_refuse_to_resume(tmp_path):
+    from specialsam.errors import UserError
+
+    cfg = PretrainConfig(size="s", steps=4, batch=2, targets_per_image=1, warmup=1)
+    pretrain(cfg, tmp_path / "x.pt", None, stop_after=1, log_every=100)
+    with pytest.raises(UserError, match="different settings"):
+        pretrain(PretrainConfig(size="s", steps=4, batch=2, targets_per_image=1, warmup=1, lr=1e-2),
+                 tmp_path / "x.pt", None)
+
+
+def test_cli_smoke_path(tmp_path, capsys):
+    main(["--size", "s", "--steps", "50", "--batch", "4", "--checkpoint", str(tmp_path / "ck.pt"),
+          "--out", str(tmp_path / "w.pt"), "--eval-scenes", "20", "--checkpoint-minutes", "100"])
+    card = json.loads((tmp_path / "w.json").read_text())
+    assert card["step"] == 50 and 0 <= card["zero_shot_miou"]["center"] <= 1
+    assert set(card["zero_shot_miou"]) >= {"center", "box", "random3"}
+
+
+def test_scenes_are_pure_functions_of_their_seed():
+    a, b = make_scene((0, 5, 1)), make_scene((0, 5, 1))
+    assert (a.image == b.image).all() and len(a.targets) == len(b.targets)
+    assert not (make_scene((0, 5, 2)).image == a.image).all()
+    assert all(t.any() for t in a.targets)
+
+
+@pytest.mark.parametrize("name", ["tiny-s", "tiny-m"])
+def test_shipped_weights_reach_their_card(name):
+    card = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
+    sam = load_shipped(name)
+    got = evaluate_generalist(sam, n_scenes=120, strategies=("center",))["center"]
+    assert got >= card["zero_shot_miou"]["center"] - 0.05, (got, card["zero_shot_miou"])
+
+
+def test_heldout_scenes_are_disjoint_from_the_training_stream():
+    held = heldout_scenes(3)
+    train = [make_scene((0, 0, i)) for i in range(3)]
+    assert all(not (h.image == t.image).all() for h in held for t in train)
