@@ -171,7 +171,11 @@ def _fault_matches(spec: dict | None, config: dict) -> bool:
 
 
 def _maybe_inject_fault(fault: dict, config: dict, step: int) -> None:
-    """Test hook: kill this trial's process once at a given step (a marker file makes it once)."""
+    """Test hooks: kill this trial's process once at a given step (a marker file makes it once);
+    or make it linger, so that tests can act while several trials run at once."""
+    linger = fault.get("sleep")
+    if _fault_matches(linger, config) and step == linger.get("at_step", 1):
+        time.sleep(float(linger["seconds"]))
     spec = fault.get("kill")
     if not _fault_matches(spec, config) or step != spec.get("at_step", 1):
         return
