@@ -96,7 +96,7 @@ def bench_config(mode: str, models: list[str], sets: list[str], pool: int | None
 
 @dataclass
 class TuneTrial:
-    """One trial as Tune stored it: its config and every result row it reported."""
+    """One trial as the driver saw it: its config and every result row it reported to Tune."""
 
     trial_id: str
     config: dict[str, Any]

@@ -424,7 +424,10 @@ def run_sweep(cfg: SweepConfig, opts: RunOptions) -> SweepOutcome | Plan:
 
     # 5. rules, report, export
     trials = _trial_results(records, base_ret)
-    outcome = finish_report(tracker, parent, cfg, task.data, baselines, trials, records, models, opts)
+    try:
+        outcome = finish_report(tracker, parent, cfg, task.data, baselines, trials, records, models, opts)
+    finally:
+        cleanup_records(records)  # the trials' downloaded checkpoints (temp folders)
     tracker.finish(parent)
     state["done"] = ["tune", "curve"]
     _save_state(folder, state)

@@ -389,6 +389,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
             raise UserError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
         return
     ray.init(
+        address="local",  # always a new local instance, never one a test suite or other sweep runs
         num_cpus=num_cpus or os.cpu_count(),
         include_dashboard=False,
         _node_ip_address="127.0.0.1",

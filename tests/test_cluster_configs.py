@@ -427,7 +427,6 @@ def test_mlflow_k8s_manifest():
     assert host in allowed and "localhost:*" in allowed and "*" not in allowed
 
 
-@pytest.mark.slow
 def test_mlflow_commands_parse_with_mlflows_own_cli():
     """The same command lines through MLflow's click command and Host-header check (imports
     mlflow.cli and mlflow.server: several seconds)."""
