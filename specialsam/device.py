@@ -24,7 +24,8 @@ class DeviceChoice:
 
     @property
     def precision(self) -> str:
-        return "fp32" if self.autocast_dtype is None else str(self.autocast_dtype).replace("torch.", "")
+        """The name ``select_device`` accepts for this choice: fp32 or bf16."""
+        return "fp32" if self.autocast_dtype is None else "bf16"
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:

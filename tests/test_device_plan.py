@@ -17,10 +17,10 @@ def test_cpu_defaults_to_fp32_and_bf16_autocast_runs_on_cpu():
     dev = select_device()
     if not torch.cuda.is_available():
         assert dev.device.type == "cpu"
-        assert dev.precision == ("bfloat16" if cpu_has_amx_bf16() else "fp32")
+        assert dev.precision == ("bf16" if cpu_has_amx_bf16() else "fp32")
     assert select_device("cpu", "fp32").autocast_dtype is None
     bf = select_device("cpu", "bf16")
-    assert bf.precision == "bfloat16"
+    assert bf.precision == "bf16"
     with bf.autocast():
         y = torch.nn.Linear(8, 4)(torch.randn(2, 8))
     assert y.dtype == torch.bfloat16
