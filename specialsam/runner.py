@@ -230,29 +230,30 @@ def _log_baselines(
     return out, base_ret
 
 
+def trial_from_record(trial_id: str, rec: dict, base_retention_miou: float | None) -> TrialResult:
+    """A trial's ``result.json`` record (from its Tune checkpoint or its MLflow run) for the rules."""
+    p = rec["params"]
+    return TrialResult(
+        trial_id=trial_id,
+        model=p["model"],
+        n_train=p["n_train"],
+        seed=p["seed"],
+        params={k: v for k, v in p.items() if k not in ("model", "n_train", "seed")},
+        per_image_iou={s: np.asarray(v["per_image_iou"]) for s, v in rec["test"].items()},
+        val_miou=rec["best_val_miou"],
+        phase=rec["phase"],
+        health=rec["health"],
+        retention_miou=rec.get("retention_miou"),
+        base_retention_miou=base_retention_miou,
+    )
+
+
 def _trial_results(records, base_retention: dict[str, float | None]) -> list[TrialResult]:
-    out = []
-    for r in records:
-        if r.record is None:
-            continue
-        rec = r.record
-        p = rec["params"]
-        out.append(
-            TrialResult(
-                trial_id=r.key,
-                model=p["model"],
-                n_train=p["n_train"],
-                seed=p["seed"],
-                params={k: v for k, v in p.items() if k not in ("model", "n_train", "seed")},
-                per_image_iou={s: np.asarray(v["per_image_iou"]) for s, v in rec["test"].items()},
-                val_miou=rec["best_val_miou"],
-                phase=r.phase,
-                health=rec["health"],
-                retention_miou=rec.get("retention_miou"),
-                base_retention_miou=base_retention.get(p["model"]),
-            )
-        )
-    return out
+    return [
+        trial_from_record(r.key, r.record, base_retention.get(r.record["params"]["model"]))
+        for r in records
+        if r.record is not None
+    ]
 
 
 def run_sweep(cfg: SweepConfig, opts: RunOptions) -> SweepOutcome | Plan:
@@ -539,22 +540,8 @@ def analyze_only(cfg: SweepConfig, opts: RunOptions, parent: str) -> SweepOutcom
         if r.info.status != "FINISHED" or "test_miou." + cfg.eval.primary not in r.data.metrics:
             continue
         rec = tracker.download_json(r.info.run_id, "result.json")
-        p = rec["params"]
-        trials.append(
-            TrialResult(
-                trial_id=r.data.tags.get(TRIAL_ID, r.info.run_id),
-                model=p["model"],
-                n_train=p["n_train"],
-                seed=p["seed"],
-                params={k: v for k, v in p.items() if k not in ("model", "n_train", "seed")},
-                per_image_iou={s: np.asarray(v["per_image_iou"]) for s, v in rec["test"].items()},
-                val_miou=rec["best_val_miou"],
-                phase=rec["phase"],
-                health=rec["health"],
-                retention_miou=rec.get("retention_miou"),
-                base_retention_miou=r.data.metrics.get("base_retention_miou"),
-            )
-        )
+        trial_id = r.data.tags.get(TRIAL_ID, r.info.run_id)
+        trials.append(trial_from_record(trial_id, rec, r.data.metrics.get("base_retention_miou")))
     data_kind = run.data.tags.get("specialsam.data", "real")
     out = finish_report(tracker, parent, cfg, data_kind, baselines, trials, None, None, opts)
     out.tracking_uri = uri
