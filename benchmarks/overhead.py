@@ -234,8 +234,8 @@ def open_harness(cfg: SweepConfig, root: Path, threads: int, ray: bool = True) -
     """Task -> packs (encoded once into ``root/cache``) -> MLflow parent run -> local Ray."""
     from specialsam.embeddings import EmbeddingCache
     from specialsam.models import load_model
-    from specialsam.pack import Pack, PackSettings, build_pack, model_identity
-    from specialsam.scenes import retention_samples
+    from specialsam.pack import Pack, build_pack, model_identity
+    from specialsam.runner import pack_settings, retention_set
     from specialsam.tasks import load_task
     from specialsam.tracking import ROLE, Tracker
 
@@ -243,13 +243,8 @@ def open_harness(cfg: SweepConfig, root: Path, threads: int, ray: bool = True) -
     task = load_task(cfg.task, cfg.data_root, cfg.data, cfg.seed)
     task.train = task.train[: cfg.max_n_train()]
     cache = EmbeddingCache(root / "cache")
-    settings = PackSettings(
-        loss_res=cfg.train.loss_res,
-        flip=cfg.train.flip,
-        strategies=tuple(cfg.eval.strategies),
-        primary=cfg.eval.primary,
-    )
-    retention = retention_samples(cfg.eval.retention_n) if cfg.eval.retention_n else []
+    settings = pack_settings(cfg)
+    retention = retention_set(cfg)
     packs = {}
     torch.set_num_threads(os.cpu_count() or 1)  # the driver's precompute uses every core, as a sweep's does
     for name in cfg.models:

@@ -110,6 +110,21 @@ def _save_state(folder: Path, state: dict) -> None:
     atomic_write_bytes(folder / "sweep.json", json.dumps(state, indent=2, default=str).encode())
 
 
+def pack_settings(cfg: SweepConfig) -> PackSettings:
+    """What a sweep's packs are built with (benchmarks reuse it to measure the same thing)."""
+    return PackSettings(
+        loss_res=cfg.train.loss_res,
+        flip=cfg.train.flip,
+        strategies=tuple(cfg.eval.strategies),
+        primary=cfg.eval.primary,
+    )
+
+
+def retention_set(cfg: SweepConfig) -> list:
+    """The fixed general-purpose samples of the retention check (empty when disabled)."""
+    return retention_samples(cfg.eval.retention_n) if cfg.eval.retention_n else []
+
+
 def prepare(cfg: SweepConfig, opts: RunOptions):
     """Load and check everything user-controlled; no side effects beyond reading."""
     task = load_task(cfg.task, cfg.data_root, cfg.data, cfg.seed)
@@ -285,13 +300,8 @@ def run_sweep(cfg: SweepConfig, opts: RunOptions) -> SweepOutcome | Plan:
     tracker = Tracker(uri, opts.experiment or experiment_name(cfg.task))
 
     # 2. embeddings + packs (the encoder runs here, once per image, never in a trial)
-    settings = PackSettings(
-        loss_res=cfg.train.loss_res,
-        flip=cfg.train.flip,
-        strategies=tuple(cfg.eval.strategies),
-        primary=cfg.eval.primary,
-    )
-    retention = retention_samples(cfg.eval.retention_n) if cfg.eval.retention_n else []
+    settings = pack_settings(cfg)
+    retention = retention_set(cfg)
     packs: dict[str, Pack] = {}
     from specialsam.precompute import cluster_precompute, use_cluster_precompute
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from specialsam.config import parse_override
 from specialsam.device import DeviceChoice, select_device
 from specialsam.embeddings import EmbeddingCache, default_cache_dir
 from specialsam.errors import UserError, cli_errors
@@ -164,10 +165,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     options: dict = {}
     for kv in args.set:
-        if "=" not in kv:
-            raise UserError(f"--set {kv!r} must look like key=value")
-        k, v = kv.split("=", 1)
-        options[k.removeprefix("data.")] = _parse_value(v)
+        k, v = parse_override(kv)
+        options[k.removeprefix("data.")] = v
     cfg = TrainConfig(
         lr=args.lr,
         bce_weight=args.bce_weight,
@@ -220,12 +219,6 @@ def main(argv: list[str] | None = None) -> None:
             f"\nretention (general-purpose scenes, {strategies[0]}): "
             f"base {b:.4f} -> specialised {s:.4f} ({s - b:+.4f})"
         )
-
-
-def _parse_value(v: str):
-    import yaml
-
-    return yaml.safe_load(v)
 
 
 if __name__ == "__main__":
