@@ -280,6 +280,9 @@ class TrainSettings(_Model):
     max_steps: int = Field(300, ge=0)
     """Optimizer-step cap per trial; 0 = no cap (epochs alone decide)."""
     batch_size: int = Field(16, ge=1)
+    micro_batch: int = Field(0, ge=0)
+    """Samples per forward/backward chunk (gradients accumulated); 0 = auto (4 for SAM-sized
+    embeddings on CPU, where whole batches are memory-bound; else the whole batch)."""
     patience: int = Field(3, ge=0)
     """Epochs without validation improvement before stopping; 0 = never (phase B never stops early)."""
     flip: bool = False

@@ -3,8 +3,11 @@
 CUDA when present, with bf16 autocast where the GPU supports it. On CPU, bf16 autocast only where
 the CPU has AMX tiles (Intel Sapphire Rapids and later): there oneDNN runs bf16 matmuls ~8x faster
 than fp32 (measured on one core: 847 vs 105 GFLOP/s, see benchmarks/README.md); on other CPUs bf16
-is emulated and slower, so fp32. Losses and metrics stay in fp32 either way. Trials of a sweep
-call ``select_device`` once; everything else takes the device it is given.
+is emulated and slower, so fp32. Even with AMX, bf16 pays on CPU only for SAM-sized decoders
+(transformer width >= 256: vit_b step 1.7x faster); the tiny generalists' 64-wide decoder is
+bound by small ops and runs ~10% slower in bf16 (benchmarks/README.md), so ``auto`` resolves per
+model through ``DeviceChoice.for_decoder``. Losses and metrics stay in fp32 either way. Trials of
+a sweep call ``select_device`` once; everything else takes the device it is given.
 """
 
 from __future__ import annotations
@@ -16,11 +19,21 @@ import torch
 
 from specialsam.errors import UserError
 
+CPU_BF16_MIN_DIM = 256
+"""Narrowest decoder (transformer width) for which ``auto`` uses bf16 on an AMX CPU."""
+
 
 @dataclass(frozen=True)
 class DeviceChoice:
     device: torch.device
     autocast_dtype: torch.dtype | None  # None: plain fp32
+    auto: bool = False  # precision was "auto": narrowed per model by for_decoder
+
+    def for_decoder(self, transformer_dim: int) -> DeviceChoice:
+        """This choice for a decoder of the given width (auto bf16 on CPU only where it pays)."""
+        if self.auto and self.device.type == "cpu" and transformer_dim < CPU_BF16_MIN_DIM:
+            return DeviceChoice(self.device, None, auto=False)
+        return self
 
     @property
     def precision(self) -> str:
@@ -53,7 +66,7 @@ def select_device(prefer: str = "auto", precision: str = "auto") -> DeviceChoice
         dtype = torch.bfloat16 if bf16_ok else None
     else:
         raise UserError(f"unknown precision {precision!r}; choose auto, fp32 or bf16")
-    return DeviceChoice(device, dtype)
+    return DeviceChoice(device, dtype, auto=precision == "auto")
 
 
 def cpu_has_amx_bf16() -> bool:

@@ -59,7 +59,7 @@ def score_split(
     chunk: int = 64,
 ) -> dict[str, Scores]:
     """Scores per strategy; samples whose mask is empty are skipped (and counted), never crash."""
-    dev = dev or select_device()
+    dev = (dev or select_device()).for_decoder(sam.mask_decoder.transformer_dim)
     sam.to(dev.device).eval()
     out: dict[str, Scores] = {}
     for strat in strategies:

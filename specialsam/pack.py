@@ -33,7 +33,9 @@ from specialsam.modeling.headless import build_headless, decoder_state, load_dec
 from specialsam.prompts import Prompt, make_prompt, to_model_coords
 from specialsam.tasks.base import Sample, TaskData
 
-PACK_VERSION = 2
+PACK_VERSION = 3
+EXTRA_PREFIX = "extra-"
+"""Split-name prefix of a task's extra test sets (``TaskDataWithExtras.extra_tests``)."""
 EVAL_PROMPT_SEED = 1234
 N_THUMBS = 6
 THUMB_SIDE = 256
@@ -112,6 +114,9 @@ def build_pack(
     splits: dict[str, list[Sample]] = {"train": train, "val": list(task.val), "test": list(task.test)}
     if retention:
         splits["retention"] = list(retention)
+    for name, samples in sorted(getattr(task, "extra_tests", {}).items()):
+        if samples:  # the other wood mode, camouflage transfer sets: scored like test, reported apart
+            splits[EXTRA_PREFIX + name] = list(samples)
     ident = hashlib.sha256(
         json.dumps(
             [
@@ -172,7 +177,7 @@ def build_pack(
             for strat in strategies:
                 coords, labels, ok = _eval_prompts(samples, strat, side)
                 np.savez(tmp / f"{name}_prompts_{strat}.npz", coords=coords, labels=labels, ok=ok)
-            if name in ("test", "retention"):
+            if name in ("test", "retention") or name.startswith(EXTRA_PREFIX):
                 np.savez_compressed(
                     tmp / f"{name}_gt.npz", **{f"m{i}": np.packbits(s.mask) for i, s in enumerate(samples)}
                 )
@@ -263,6 +268,11 @@ class Pack:
 
     def has(self, name: str) -> bool:
         return name in self.manifest["splits"]
+
+    @property
+    def extra_tests(self) -> list[str]:
+        """Names of the extra test sets (without the split prefix)."""
+        return [k[len(EXTRA_PREFIX) :] for k in self.manifest["splits"] if k.startswith(EXTRA_PREFIX)]
 
     @property
     def side(self) -> int:

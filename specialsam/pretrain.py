@@ -33,7 +33,7 @@ from specialsam.metrics import iou as mask_iou
 from specialsam.modeling.batched import decode_batched
 from specialsam.modeling.tiny import build_tiny_sam, count_parameters
 from specialsam.prompts import Prompt, make_prompt, training_prompt
-from specialsam.scenes import Scene, heldout_scenes, make_scene
+from specialsam.scenes import STUFF_P, Scene, heldout_scenes, make_scene
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 LOSS_RES = 128
@@ -49,6 +49,8 @@ class PretrainConfig:
     weight_decay: float = 0.01
     warmup: int = 150
     seed: int = 0
+    stuff_from: int = 0
+    """First step whose scenes include stuff regions (stage 2); earlier steps use stage-1 scenes."""
 
     @property
     def name(self) -> str:
@@ -63,7 +65,8 @@ def lr_at(cfg: PretrainConfig, step: int) -> float:
 
 
 def batch_scenes(cfg: PretrainConfig, step: int) -> list[Scene]:
-    return [make_scene((cfg.seed, step, i)) for i in range(cfg.batch)]
+    stuff_p = STUFF_P if step >= cfg.stuff_from else 0.0
+    return [make_scene((cfg.seed, step, i), stuff_p=stuff_p) for i in range(cfg.batch)]
 
 
 def _prompts_for(scenes: list[Scene], cfg: PretrainConfig, step: int):
@@ -142,11 +145,15 @@ def train_step(sam, opt, cfg: PretrainConfig, step: int) -> float:
 
 
 def evaluate_generalist(
-    sam, n_scenes: int = 1000, strategies: tuple[str, ...] = ("center", "box", "random3")
+    sam,
+    n_scenes: int = 1000,
+    strategies: tuple[str, ...] = ("center", "box", "random3"),
+    stage1: bool = True,
+    stuff_p: float = STUFF_P,
 ) -> dict[str, float]:
     """Zero-shot mIoU on held-out scenes per prompt strategy (single-mask output, 256 px)."""
     sam.eval()
-    scenes = heldout_scenes(n_scenes)
+    scenes = heldout_scenes(n_scenes, stuff_p=stuff_p)
     emb = encode(sam, [s.image for s in scenes], batch_size=32)
     out: dict[str, float] = {}
     for strat in strategies:
@@ -165,7 +172,34 @@ def evaluate_generalist(
         preds = predict_masks(sam, emb[torch.tensor(rows)], prompts, [m.shape for m in gts])
         out[strat] = float(np.mean([mask_iou(p, g) for p, g in zip(preds, gts)]))
     out["n_targets"] = len(gts)  # of the last strategy
+    if stage1:  # the stage-1 held-out scenes (no stuff regions): comparable with earlier cards
+        old = evaluate_generalist(sam, n_scenes, ("center",), stage1=False, stuff_p=0.0)
+        out["center_stage1_scenes"] = old["center"]
     return out
+
+
+def _resume_changes(old: dict, new: dict, step: int, ckpt_path: Path) -> list[str]:
+    """What a resume may change without rewriting the past, as notes for the card.
+
+    The budget (``steps``; the cosine follows the new total from here on) and the start of
+    stage 2 (``stuff_from``, as long as both old and new lie at or after the resumed step, so
+    the data already trained on stays what it was). Anything else is a different run."""
+    fixed = {k: v for k, v in new.items() if k not in ("steps", "stuff_from")}
+    if (
+        {k: old.get(k) for k in fixed} != fixed
+        or min(old["stuff_from"], new["stuff_from"]) < step
+        and (old["stuff_from"] != new["stuff_from"])
+    ):
+        raise UserError(
+            f"checkpoint {ckpt_path} was written with different settings {old}; "
+            "pass the same settings to resume, or delete it to start over"
+        )
+    notes = []
+    if old["steps"] != new["steps"]:
+        notes.append(f"steps changed from {old['steps']} to {new['steps']} at step {step}")
+    if old["stuff_from"] != new["stuff_from"]:
+        notes.append(f"stage 2 (stuff-region scenes) starts at step {new['stuff_from']}, set at step {step}")
+    return notes
 
 
 def _save_atomic(obj: object, path: Path) -> None:
@@ -192,17 +226,11 @@ def pretrain(
     if ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=True)
         old, notes = state["config"], list(state.get("notes", []))
-        if {**old, "steps": cfg.steps} == asdict(cfg) and old["steps"] != cfg.steps:
-            # Only the budget changed: continue the same run (same data stream, optimizer state);
-            # the cosine schedule follows the new total from here on. Recorded in the card.
-            note = f"steps changed from {old['steps']} to {cfg.steps} at step {state['step']}"
+        # Runs from before stage 2 existed never saw stuff scenes: as if it started after their end.
+        old = {"stuff_from": max(old["steps"], int(state["step"])), **old}
+        for note in _resume_changes(old, asdict(cfg), int(state["step"]), ckpt_path):
             print(f"resuming with {note}", flush=True)
             notes.append(note)
-        elif old != asdict(cfg):
-            raise UserError(
-                f"checkpoint {ckpt_path} was written with different settings {state['config']}; "
-                "pass the same settings to resume, or delete it to start over"
-            )
         sam.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, elapsed = int(state["step"]), float(state["elapsed"])
@@ -273,6 +301,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--stuff-from",
+        type=int,
+        help="first step with stage-2 (stuff-region) scenes (default: 80%% of the steps)",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 per job on small CPUs)")
     ap.add_argument("--checkpoint", type=Path, help="resume file (default checkpoints/pretrain-<name>.pt)")
     ap.add_argument(
@@ -293,15 +326,20 @@ def main(argv: list[str] | None = None) -> None:
         res = evaluate_generalist(load_shipped(name), args.eval_scenes)
         print(json.dumps({name: res}, indent=2))
         return
+    steps = args.steps or shipped.steps
     cfg = PretrainConfig(
         size=args.size,
-        steps=args.steps or shipped.steps,
+        steps=steps,
         batch=args.batch,
         lr=args.lr or shipped.lr,
         seed=args.seed,
+        stuff_from=int(STUFF_SHARE * steps) if args.stuff_from is None else args.stuff_from,
     )
     is_shipped = asdict(cfg) == asdict(shipped)
     ckpt = args.checkpoint or Path("checkpoints") / f"pretrain-{name}{'' if is_shipped else '-custom'}.pt"
+    if args.stuff_from is None and ckpt.exists():  # a budget change keeps the run's stage-2 start
+        saved = torch.load(ckpt, weights_only=True)["config"]
+        cfg.stuff_from = int(saved.get("stuff_from", cfg.stuff_from))
     out = args.out or (WEIGHTS_DIR / f"{name}.pt" if is_shipped else ckpt.with_name(f"{name}-weights.pt"))
     summary = pretrain(cfg, ckpt, out, args.checkpoint_minutes, args.stop_after)
     if summary["step"] < cfg.steps:
@@ -321,9 +359,11 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(summary, indent=2), flush=True)
 
 
+STUFF_SHARE = 0.8
+"""Default start of stage 2, as a share of the steps: the last fifth also sees stuff regions."""
 SHIPPED = {
-    "s": PretrainConfig(size="s", steps=2400, lr=2e-3),
-    "m": PretrainConfig(size="m", steps=3200, lr=1.5e-3),
+    "s": PretrainConfig(size="s", steps=3000, lr=2e-3, stuff_from=2400),
+    "m": PretrainConfig(size="m", steps=4000, lr=1.5e-3, stuff_from=3200),
 }
 
 if __name__ == "__main__":

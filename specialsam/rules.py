@@ -52,7 +52,7 @@ import json
 import math
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -92,6 +92,8 @@ class BaselineResult:
     model: str
     prompt: str
     per_image_iou: np.ndarray
+    per_category: dict[str, float] = field(default_factory=dict)  # category -> mIoU
+    extra_miou: dict[str, float] = field(default_factory=dict)  # extra test set -> mIoU (primary only)
 
     def __post_init__(self) -> None:
         self.per_image_iou = _as_iou_array(self.per_image_iou, f"baseline {self.model}/{self.prompt}")
@@ -116,6 +118,8 @@ class TrialResult:
     health: str = "ok"
     retention_miou: float | None = None
     base_retention_miou: float | None = None
+    per_category: dict[str, dict[str, float]] = field(default_factory=dict)  # prompt -> category -> mIoU
+    extra_miou: dict[str, float] = field(default_factory=dict)  # extra test set -> mIoU (primary prompt)
 
     def __post_init__(self) -> None:
         self.n_train = int(self.n_train)
@@ -872,6 +876,63 @@ def retention_summary(selections: Mapping[str, SelectedConfig]) -> dict[str, Ret
     return out
 
 
+@dataclass
+class BreakdownRow:
+    """One (model, category or extra test set) line: base decoder vs the selected configuration."""
+
+    model: str
+    name: str
+    base: float | None
+    specialised: float | None  # mean over the selected configuration's seeds
+    n_seeds: int
+
+    @property
+    def delta(self) -> float | None:
+        return None if self.base is None or self.specialised is None else self.specialised - self.base
+
+
+def _breakdown(
+    selections: Mapping[str, SelectedConfig],
+    base: Mapping[str, Mapping[str, float]],
+    trial_values: Callable[[TrialResult], Mapping[str, float]],
+) -> list[BreakdownRow]:
+    rows = []
+    for m, sel in sorted(selections.items()):
+        names = sorted(set(base.get(m, {})) | {k for t in sel.trials for k in trial_values(t)})
+        for name in names:
+            vals = [trial_values(t)[name] for t in sel.trials if name in trial_values(t)]
+            spec = float(np.mean(vals)) if vals else None
+            rows.append(BreakdownRow(m, name, base.get(m, {}).get(name), spec, len(vals)))
+    return rows
+
+
+def category_breakdown(
+    selections: Mapping[str, SelectedConfig], baselines: Sequence[BaselineResult], primary: str
+) -> list[BreakdownRow]:
+    """Per-category test mIoU (primary prompt), base vs each model's selected configuration."""
+    base = {b.model: b.per_category for b in baselines if b.prompt == primary}
+    rows = _breakdown(selections, base, lambda t: t.per_category.get(primary, {}))
+    per_model = Counter(r.model for r in rows)
+    return [r for r in rows if per_model[r.model] > 1]  # one category says nothing new
+
+
+def extra_breakdown(
+    selections: Mapping[str, SelectedConfig], baselines: Sequence[BaselineResult], primary: str
+) -> list[BreakdownRow]:
+    """Extra test sets (transfer sets, the other wood mode), base vs the selected configuration."""
+    base = {b.model: b.extra_miou for b in baselines if b.prompt == primary}
+    return _breakdown(selections, base, lambda t: t.extra_miou)
+
+
+def _breakdown_table(rows: Sequence[BreakdownRow], what: str) -> list[str]:
+    f3 = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    out = [f"| model | {what} | base decoder | specialised (seeds) | change |", "|---|---|---|---|---|"]
+    for r in rows:
+        delta = "-" if r.delta is None else f"{r.delta:+.3f}"
+        out.append(f"| {r.model} | {r.name} | {f3(r.base)} | {f3(r.specialised)} ({r.n_seeds}) | {delta} |")
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Recommendation, tables, report
 # --------------------------------------------------------------------------------------------
@@ -1044,6 +1105,8 @@ def _markdown(
     health: HealthSummary,
     retention: Mapping[str, RetentionSummary],
     protocol: Mapping[str, Any] | None,
+    extras: Sequence[BreakdownRow] = (),
+    categories: Sequence[BreakdownRow] = (),
 ) -> str:
     out = [f"# SpecialSAM report: task `{task}`", ""]
     if data_kind == "procedural":
@@ -1135,6 +1198,25 @@ def _markdown(
             f"| {r.model} | {r.config} | {r.n_seeds} | {f3(r.retention_miou)} | "
             f"{f3(r.base_retention_miou)} | {delta} |"
         )
+    if extras:
+        out += [
+            "",
+            "## Extra test sets",
+            "",
+            "Test sets the decoder never trained on (zero-shot transfer sets, or the other wood mode), "
+            f"scored with the primary prompt ({br.primary_prompt}): does the gain carry over?",
+            "",
+            *_breakdown_table(extras, "test set"),
+        ]
+    if categories:
+        out += [
+            "",
+            "## Per category",
+            "",
+            f"Test mIoU per category (primary prompt, {br.primary_prompt}): where the gain comes from.",
+            "",
+            *_breakdown_table(categories, "category"),
+        ]
     return "\n".join(out) + "\n"
 
 
@@ -1163,7 +1245,11 @@ def write_report(
     health = health_summary(trials)
     retention = retention_summary(br.selections)
     report_md = out_dir / "report.md"
-    report_md.write_text(_markdown(task, data_kind, br, dr, health, retention, protocol), encoding="utf-8")
+    extras = extra_breakdown(br.selections, baselines, primary_prompt)
+    categories = category_breakdown(br.selections, baselines, primary_prompt)
+    report_md.write_text(
+        _markdown(task, data_kind, br, dr, health, retention, protocol, extras, categories), encoding="utf-8"
+    )
     gain_plot = plots.plot_gain_vs_baseline(
         br, out_dir / "gain_vs_baseline.png", title=f"{task}: gain vs baseline"
     )

@@ -25,7 +25,7 @@ from specialsam.embeddings import EmbeddingCache, atomic_write_bytes, default_ca
 from specialsam.errors import UserError
 from specialsam.evaluate import score_split
 from specialsam.models import load_model
-from specialsam.pack import Pack, PackSettings, build_pack, model_identity
+from specialsam.pack import EXTRA_PREFIX, Pack, PackSettings, build_pack, model_identity
 from specialsam.plan import (
     EMBEDDING_BYTES,
     ENCODE_IMAGES_PER_S,
@@ -153,7 +153,8 @@ def make_plan(cfg: SweepConfig, task, models, cache: EmbeddingCache, parallel: f
         parallel=parallel,
         device=device,
     )
-    samples = list(task.train) + list(task.val) + list(task.test)
+    extras = [x for v in getattr(task, "extra_tests", {}).values() for x in v]
+    samples = list(task.train) + list(task.val) + list(task.test) + extras
     n_ret = cfg.eval.retention_n
     hashes = [s.image_hash() for s in samples]
     for name, (sam, info) in models.items():
@@ -195,22 +196,29 @@ def _log_baselines(
     existing: dict,
     sam,
     dev,
-) -> tuple[dict[str, np.ndarray], float | None]:
-    """Baseline child runs (one per model x strategy), reused on resume; returns per-image IoU."""
-    out: dict[str, np.ndarray] = {}
+) -> tuple[list[BaselineResult], float | None]:
+    """Baseline child runs (one per model x strategy), reused on resume.
+
+    Returns one ``BaselineResult`` per strategy and the base decoder's retention mIoU; extra test
+    sets and retention are scored with the primary prompt and logged on its baseline run."""
+    out: list[BaselineResult] = []
     test = pack.split("test")
+    primary = cfg.eval.primary
     scores = None
     base_ret = None
     if pack.has("retention"):
-        base_ret = score_split(sam, pack.split("retention"), [cfg.eval.primary], dev=dev)[
-            cfg.eval.primary
-        ].miou
+        base_ret = score_split(sam, pack.split("retention"), [primary], dev=dev)[primary].miou
+    extra = {
+        name: score_split(sam, pack.split(EXTRA_PREFIX + name), [primary], dev=dev)[primary].miou
+        for name in pack.extra_tests
+    }
     for strat in cfg.eval.strategies:
         key = f"baseline/{model}/{strat}"
+        extra_here = extra if strat == primary else {}
         if key in existing:
-            out[strat] = np.asarray(
-                tracker.download_json(existing[key].info.run_id, "per_image_iou.json")["iou"]
-            )
+            run = existing[key]
+            per = tracker.download_json(run.info.run_id, "per_image_iou.json")["iou"]
+            out.append(BaselineResult(model, strat, np.asarray(per), categories_of(run), extra_here))
             continue
         if scores is None:
             scores = score_split(
@@ -236,13 +244,24 @@ def _log_baselines(
             **{f"test_miou.cat.{c}": v for c, v in sc.per_category.items()},
             "skipped_empty": sc.skipped_empty,
         }
-        if base_ret is not None and strat == cfg.eval.primary:
+        if base_ret is not None and strat == primary:
             metrics["retention_miou"] = base_ret
+        metrics.update({f"extra_miou.{k}": v for k, v in extra_here.items()})
         tracker.log_metrics(run, metrics)
         tracker.log_json(run, {"iou": sc.per_image_iou.tolist(), "keys": sc.keys}, "per_image_iou.json")
         tracker.finish(run)
-        out[strat] = sc.per_image_iou
+        out.append(BaselineResult(model, strat, sc.per_image_iou, dict(sc.per_category), extra_here))
     return out, base_ret
+
+
+def categories_of(run) -> dict[str, float]:
+    """Per-category mIoU a baseline or trial run logged (``test_miou.cat.<category>``)."""
+    prefix = "test_miou.cat."
+    return {k[len(prefix) :]: v for k, v in run.data.metrics.items() if k.startswith(prefix)}
+
+
+def extras_of(run, prefix: str = "extra_miou.") -> dict[str, float]:
+    return {k[len(prefix) :]: v for k, v in run.data.metrics.items() if k.startswith(prefix)}
 
 
 def trial_from_record(trial_id: str, rec: dict, base_retention_miou: float | None) -> TrialResult:
@@ -260,6 +279,8 @@ def trial_from_record(trial_id: str, rec: dict, base_retention_miou: float | Non
         health=rec["health"],
         retention_miou=rec.get("retention_miou"),
         base_retention_miou=base_retention_miou,
+        per_category={s: v.get("per_category") or {} for s, v in rec["test"].items()},
+        extra_miou=rec.get("extra_miou") or {},
     )
 
 
@@ -358,15 +379,20 @@ def run_sweep(cfg: SweepConfig, opts: RunOptions) -> SweepOutcome | Plan:
         )
     existing = {r.data.tags.get(TRIAL_ID): r for r in tracker.children(parent, "baseline")}
     baselines: list[BaselineResult] = []
-    baseline_primary, base_ret = {}, {}
+    baseline_primary, base_ret, base_extra = {}, {}, {}
     for name, (sam, _info) in models.items():
         per, base_ret[name] = _log_baselines(
             tracker, parent, common, name, packs[name], cfg, existing, sam, dev
         )
-        baselines += [BaselineResult(name, s, v) for s, v in per.items()]
-        baseline_primary[name] = float(np.mean(per[cfg.eval.primary]))
-        _say(f"baseline {name}: " + ", ".join(f"{s} {np.mean(v):.3f}" for s, v in per.items()), opts)
-    log = tune_wiring.SweepLogging(tracker, parent, common, baseline_primary, base_ret, cfg.eval.primary)
+        baselines += per
+        primary_base = next(b for b in per if b.prompt == cfg.eval.primary)
+        baseline_primary[name] = primary_base.miou
+        base_extra[name] = primary_base.extra_miou
+        extras = "".join(f"; extra test set {k} {v:.3f}" for k, v in primary_base.extra_miou.items())
+        _say(f"baseline {name}: " + ", ".join(f"{b.prompt} {b.miou:.3f}" for b in per) + extras, opts)
+    log = tune_wiring.SweepLogging(
+        tracker, parent, common, baseline_primary, base_ret, cfg.eval.primary, base_extra=base_extra
+    )
 
     # 4. phases
     threads = max(1, int(cfg.resources.cpus_per_trial))
@@ -383,7 +409,15 @@ def run_sweep(cfg: SweepConfig, opts: RunOptions) -> SweepOutcome | Plan:
     }
     train_settings = {
         k: getattr(cfg.train, k)
-        for k in ("epochs", "max_steps", "batch_size", "patience", "warmup_fraction", "weight_decay")
+        for k in (
+            "epochs",
+            "max_steps",
+            "batch_size",
+            "micro_batch",
+            "patience",
+            "warmup_fraction",
+            "weight_decay",
+        )
     }
     records = []
     for name in cfg.models:
@@ -544,7 +578,8 @@ def analyze_only(cfg: SweepConfig, opts: RunOptions, parent: str) -> SweepOutcom
     baselines = []
     for r in tracker.children(parent, "baseline"):
         per = tracker.download_json(r.info.run_id, "per_image_iou.json")["iou"]
-        baselines.append(BaselineResult(r.data.params["model"], r.data.params["strategy"], np.asarray(per)))
+        model, strat = r.data.params["model"], r.data.params["strategy"]
+        baselines.append(BaselineResult(model, strat, np.asarray(per), categories_of(r), extras_of(r)))
     trials = []
     for r in tracker.children(parent, "trial"):
         if r.info.status != "FINISHED" or "test_miou." + cfg.eval.primary not in r.data.metrics:

@@ -2,7 +2,10 @@
 
 Each scene is a textured background with 1-4 distinct objects (polygons, ellipses, blobs) and,
 often, extra thin structures (lines, cracks), small objects, texture-defined regions and nested
-part/whole objects, drawn in order so later objects occlude earlier ones. The mix is there so
+part/whole objects, drawn in order so later objects occlude earlier ones. A share of scenes
+(``STUFF_P``) has no plain background: the image is partitioned into 2-5 "stuff" regions
+(warped Voronoi cells: ground, wall, fabric) that touch the border and are targets themselves,
+as SAM's SA-1B masks include large regions as well as things. The mix is there so
 the generalist is good at salient objects but has seen thin and texture-defined things, making
 defects and camouflage hard by difficulty rather than out of distribution by construction.
 
@@ -20,6 +23,8 @@ import numpy as np
 
 SIZE = 256
 MIN_AREA = 24
+STUFF_P = 0.35
+"""Share of scenes partitioned into stuff regions (pretraining stage 2 onwards; 0 = stage 1)."""
 HELDOUT_SEED = 999_999
 """Held-out scenes use (HELDOUT_SEED, i); training streams use 3-tuples, so they never coincide."""
 
@@ -122,8 +127,19 @@ def _random_object(rng: np.random.Generator, size: int) -> np.ndarray:
     return _shape_mask(rng, size, kind, rng.uniform(0.08, 0.3))
 
 
-def make_scene(seed: int | tuple[int, ...], size: int = SIZE) -> Scene:
-    """One scene, a pure function of ``seed``."""
+def _stuff_labels(rng: np.random.Generator, size: int, k: int) -> np.ndarray:
+    """A (size, size) partition into ``k`` warped Voronoi cells with irregular seams."""
+    yy, xx = _grid(size)
+    amp = rng.uniform(0.02, 0.1) * size
+    wy = yy + _lowfreq(rng, size, int(rng.integers(3, 7))) * amp
+    wx = xx + _lowfreq(rng, size, int(rng.integers(3, 7))) * amp
+    centres = rng.uniform(0, size, (k, 2)).astype(np.float32)
+    d = (wy[None] - centres[:, 0, None, None]) ** 2 + (wx[None] - centres[:, 1, None, None]) ** 2
+    return d.argmin(0)
+
+
+def make_scene(seed: int | tuple[int, ...], size: int = SIZE, stuff_p: float = STUFF_P) -> Scene:
+    """One scene, a pure function of ``seed`` (and ``stuff_p``: 0 gives the stage-1 scenes)."""
     rng = np.random.default_rng(seed)
     bg_colour = rng.uniform(0, 255, 3)
     img = _texture(rng, size, bg_colour, int(rng.integers(4)))
@@ -134,7 +150,23 @@ def make_scene(seed: int | tuple[int, ...], size: int = SIZE) -> Scene:
 
     colours = [bg_colour]
     layers: list[tuple[np.ndarray, int | None]] = []  # (mask, parent layer index for parts)
+    stuff = stuff_p > 0 and np.random.default_rng((*np.atleast_1d(seed), 7)).random() < stuff_p
+    if stuff:  # stuff regions replace the plain background and are targets themselves
+        srng = np.random.default_rng((*np.atleast_1d(seed), 8))
+        labels = _stuff_labels(srng, size, int(srng.integers(2, 6)))
+        for c in range(int(labels.max()) + 1):
+            m = labels == c
+            if m.sum() < MIN_AREA:
+                continue
+            similar = srng.random() < 0.3  # told apart by texture more than by colour
+            colour = colours[-1] + srng.normal(0, 20, 3) if similar else _distinct_colour(srng, colours)
+            colours.append(colour)
+            tex = _texture(srng, size, colour, int(srng.integers(4)))
+            img[m] = tex[m]
+            layers.append((m, None))
     n_obj = int(rng.integers(1, 5)) + int(rng.random() < 0.5)  # + an extra thin/small/texture one
+    if stuff:
+        n_obj = n_obj // 2
     for _ in range(n_obj):
         m = _random_object(rng, size)
         if m.sum() < MIN_AREA // 3:
@@ -200,9 +232,9 @@ def make_scene(seed: int | tuple[int, ...], size: int = SIZE) -> Scene:
     return Scene(img, targets, box_only)
 
 
-def heldout_scenes(n: int, offset: int = 0) -> list[Scene]:
+def heldout_scenes(n: int, offset: int = 0, stuff_p: float = STUFF_P) -> list[Scene]:
     """The fixed held-out set (pretraining eval uses 0..999; retention uses offset 10,000)."""
-    return [make_scene((HELDOUT_SEED, offset + i)) for i in range(n)]
+    return [make_scene((HELDOUT_SEED, offset + i), stuff_p=stuff_p) for i in range(n)]
 
 
 def retention_samples(n: int = 200):

@@ -28,7 +28,7 @@ import torch
 from ray import tune
 
 from specialsam.embeddings import EmbeddingCache
-from specialsam.pack import Pack
+from specialsam.pack import EXTRA_PREFIX, Pack
 from specialsam.tracking import ROLE, TRIAL_ID, Tracker
 
 SEARCHABLE = ("lr", "bce_weight", "dice_weight", "focal_weight", "point_fraction", "weight_decay")
@@ -52,7 +52,7 @@ def trainable(config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(ctx["threads"])))
     pack = Pack(ctx["packs"][config["model"]], EmbeddingCache(ctx["cache_dir"]))
     sam = pack.headless_model()
-    dev = select_device(precision=ctx.get("precision", "auto"))
+    dev = select_device(precision=ctx.get("precision", "auto")).for_decoder(sam.mask_decoder.transformer_dim)
     settings = {k: v for k, v in ctx["train"].items() if k in TrainConfig.__dataclass_fields__}
     params = {
         **ctx.get("best", {}).get(config["model"], {}),
@@ -105,6 +105,10 @@ def trainable(config: dict[str, Any]) -> None:
     retention = None
     if pack.has("retention"):
         retention = score_split(sam, pack.split("retention"), [primary], dev=dev)[primary].miou
+    extra = {
+        name: score_split(sam, pack.split(EXTRA_PREFIX + name), [primary], dev=dev)[primary].miou
+        for name in pack.extra_tests
+    }
     seconds = time.time() - t0
 
     with tempfile.TemporaryDirectory() as d:
@@ -121,6 +125,7 @@ def trainable(config: dict[str, Any]) -> None:
             "stopped_early": result.stopped_early,
             "trial_seconds": seconds,
             "retention_miou": retention,
+            "extra_miou": extra,
             "node_id": ray.get_runtime_context().get_node_id(),
             "test": {
                 s: {
@@ -212,6 +217,7 @@ class SweepLogging:
     base_retention: dict[str, float | None]
     primary: str
     run_ids: dict[str, str] = field(default_factory=dict)
+    base_extra: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> extra set -> mIoU
 
 
 class MlflowLogger(tune.Callback):
@@ -330,6 +336,15 @@ def log_trial_record(log: SweepLogging, run: str, folder: Path) -> None:
         if log.base_retention.get(model) is not None:
             metrics["base_retention_miou"] = log.base_retention[model]
             metrics["retention_change"] = rec["retention_miou"] - log.base_retention[model]
+    for name, v in (rec.get("extra_miou") or {}).items():
+        metrics[f"extra_miou.{name}"] = v
+        base_v = log.base_extra.get(model, {}).get(name)
+        if base_v is not None:
+            metrics[f"base_extra_miou.{name}"] = base_v
+            metrics[f"extra_change.{name}"] = v - base_v
+    primary = rec["test"].get(log.primary, {})
+    for c, v in (primary.get("per_category") or {}).items():
+        metrics[f"test_miou.cat.{c}"] = v
     t.log_metrics(run, metrics)
     t.set_tags(
         run,

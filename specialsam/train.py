@@ -49,6 +49,8 @@ class TrainConfig:
     patience: int = 3
     """Epochs without validation improvement before stopping (0: never stop early)."""
     grad_clip: float = 1.0
+    micro_batch: int = 0
+    """Samples per forward/backward chunk, gradients accumulated (0: auto, see ``micro_batch_size``)."""
     seed: int = 0
 
     def validate(self) -> None:
@@ -125,6 +127,47 @@ def batch_logits(sam: Sam, emb: torch.Tensor, coords: torch.Tensor, labels: torc
     return F.interpolate(masks[:, :1], size=(res, res), mode="bilinear", align_corners=False)[:, 0]
 
 
+def micro_batch_size(requested: int, embedding_side: int, dev: DeviceChoice) -> int:
+    """Samples per forward/backward chunk (0: the whole batch at once).
+
+    On CPU, SAM-sized embeddings (64x64x256) make every activation of a 16-image batch hundreds
+    of MB, and the step becomes memory-bound: chunks of 4 images with accumulated gradients run
+    ~1.4x faster per sample (benchmarks/README.md) with the same optimizer step. GPUs and the tiny
+    models' 16x16 embeddings want the whole batch."""
+    if requested:
+        return requested
+    return 4 if dev.device.type == "cpu" and embedding_side >= 64 else 0
+
+
+def accumulate_gradients(
+    sam: Sam,
+    emb: torch.Tensor,
+    coords: torch.Tensor,
+    labels: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor,
+    cfg: TrainConfig,
+    dev: DeviceChoice,
+    res: int,
+    micro: int = 0,
+) -> torch.Tensor:
+    """Forward + backward of one batch (in chunks of ``micro``); returns the batch's mean loss.
+
+    Gradients are those of the batch mean, whatever the chunking. The caller checks the loss,
+    clips and steps the optimizer."""
+    n, d = emb.shape[0], dev.device
+    chunk = micro or n
+    total = torch.zeros((), device=d)
+    for s in range(0, n, chunk):
+        sl = slice(s, s + chunk)
+        with dev.autocast():
+            logits = batch_logits(sam, emb[sl].to(d), coords[sl].to(d), labels[sl].to(d), res)
+        loss = segmentation_loss(logits.float(), target[sl].to(d), valid[sl].to(d), cfg).sum() / n
+        loss.backward()
+        total += loss.detach()
+    return total
+
+
 def _lr_factor(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -194,7 +237,7 @@ def train_decoder(
     training (the sweep's scheduler uses it). ``fault_hook(step)`` lets tests inject failures.
     """
     cfg.validate()
-    dev = dev or select_device()
+    dev = (dev or select_device()).for_decoder(sam.mask_decoder.transformer_dim)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     sam.to(dev.device)
@@ -215,6 +258,7 @@ def train_decoder(
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
     warmup = max(1, int(cfg.warmup_fraction * total))
+    micro = micro_batch_size(cfg.micro_batch, sam.prompt_encoder.image_embedding_size[0], dev)
 
     history: list[dict[str, float]] = []
     step_losses: list[float] = []
@@ -244,24 +288,19 @@ def train_decoder(
             valid = _valid_masks(train, idx, res)
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * _lr_factor(step, total, warmup)
-            with dev.autocast():
-                logits = batch_logits(
-                    sam, emb.to(dev.device), coords.to(dev.device), labels.to(dev.device), res
-                )
-            loss = segmentation_loss(logits.float(), target.to(dev.device), valid.to(dev.device), cfg).mean()
+            opt.zero_grad(set_to_none=True)
+            loss = accumulate_gradients(sam, emb, coords, labels, target, valid, cfg, dev, res, micro)
             if not torch.isfinite(loss):
                 raise TrainingFailed(
-                    f"loss became {float(loss.detach())} at step {step} (epoch {epoch}); "
+                    f"loss became {float(loss)} at step {step} (epoch {epoch}); "
                     f"lr {cfg.lr:g} is likely too high"
                 )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             step += 1
             seen += len(idx)
-            step_losses.append(float(loss.detach()))
+            step_losses.append(float(loss))
             epoch_losses.append(step_losses[-1])
             if fault_hook is not None:
                 fault_hook(step)

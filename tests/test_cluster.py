@@ -197,9 +197,9 @@ def test_worker_node_removed_mid_sweep(ray_cluster, tmp_path):
     removed = False
     while time.time() < deadline and proc.poll() is None:
         if _running_trials(db) >= 3:  # one per node: one of them is on the node we remove
-                ray_cluster.remove_node(extra)
-                removed = True
-                break
+            ray_cluster.remove_node(extra)
+            removed = True
+            break
         time.sleep(0.5)
     out, _ = proc.communicate(timeout=400)
     assert removed, "never saw three trials running at once"

@@ -19,6 +19,11 @@ def test_cpu_defaults_to_fp32_and_bf16_autocast_runs_on_cpu():
         assert dev.device.type == "cpu"
         assert dev.precision == ("bf16" if cpu_has_amx_bf16() else "fp32")
     assert select_device("cpu", "fp32").autocast_dtype is None
+    # auto narrows per model on CPU: bf16 only for SAM-sized decoders; an explicit bf16 stays
+    auto_cpu = select_device("cpu", "auto")
+    assert auto_cpu.for_decoder(64).precision == "fp32"
+    assert auto_cpu.for_decoder(256).precision == auto_cpu.precision
+    assert select_device("cpu", "bf16").for_decoder(64).precision == "bf16"
     bf = select_device("cpu", "bf16")
     assert bf.precision == "bf16"
     with bf.autocast():

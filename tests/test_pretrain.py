@@ -7,8 +7,16 @@ import json
 import pytest
 import torch
 
-from specialsam.pretrain import WEIGHTS_DIR, PretrainConfig, evaluate_generalist, load_shipped, main, pretrain
-from specialsam.scenes import heldout_scenes, make_scene
+from specialsam.pretrain import (
+    WEIGHTS_DIR,
+    PretrainConfig,
+    batch_scenes,
+    evaluate_generalist,
+    load_shipped,
+    main,
+    pretrain,
+)
+from specialsam.scenes import STUFF_P, heldout_scenes, make_scene
 
 
 def _weights(path):
@@ -38,13 +46,32 @@ def test_changed_settings_refuse_to_resume(tmp_path):
     cfg = PretrainConfig(size="s", steps=4, batch=2, targets_per_image=1, warmup=1)
     pretrain(cfg, tmp_path / "x.pt", None, stop_after=1, log_every=100)
     with pytest.raises(UserError, match="different settings"):
-        pretrain(PretrainConfig(size="s", steps=4, batch=2, targets_per_image=1, warmup=1, lr=1e-2),
-                 tmp_path / "x.pt", None)
+        pretrain(
+            PretrainConfig(size="s", steps=4, batch=2, targets_per_image=1, warmup=1, lr=1e-2),
+            tmp_path / "x.pt",
+            None,
+        )
 
 
 def test_cli_smoke_path(tmp_path, capsys):
-    main(["--size", "s", "--steps", "50", "--batch", "4", "--checkpoint", str(tmp_path / "ck.pt"),
-          "--out", str(tmp_path / "w.pt"), "--eval-scenes", "20", "--checkpoint-minutes", "100"])
+    main(
+        [
+            "--size",
+            "s",
+            "--steps",
+            "50",
+            "--batch",
+            "4",
+            "--checkpoint",
+            str(tmp_path / "ck.pt"),
+            "--out",
+            str(tmp_path / "w.pt"),
+            "--eval-scenes",
+            "20",
+            "--checkpoint-minutes",
+            "100",
+        ]
+    )
     card = json.loads((tmp_path / "w.json").read_text())
     assert card["step"] == 50 and 0 <= card["zero_shot_miou"]["center"] <= 1
     assert set(card["zero_shot_miou"]) >= {"center", "box", "random3"}
@@ -61,7 +88,7 @@ def test_scenes_are_pure_functions_of_their_seed():
 def test_shipped_weights_reach_their_card(name):
     card = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
     sam = load_shipped(name)
-    got = evaluate_generalist(sam, n_scenes=120, strategies=("center",))["center"]
+    got = evaluate_generalist(sam, n_scenes=120, strategies=("center",), stage1=False)["center"]
     assert got >= card["zero_shot_miou"]["center"] - 0.05, (got, card["zero_shot_miou"])
 
 
@@ -69,3 +96,34 @@ def test_heldout_scenes_are_disjoint_from_the_training_stream():
     held = heldout_scenes(3)
     train = [make_scene((0, 0, i)) for i in range(3)]
     assert all(not (h.image == t.image).all() for h in held for t in train)
+
+
+def test_stage_two_adds_stuff_regions_and_leaves_stage_one_scenes_alone():
+    n_stuff = 0
+    for i in range(40):
+        old, new = make_scene((0, 9, i), stuff_p=0.0), make_scene((0, 9, i), stuff_p=STUFF_P)
+        if (old.image == new.image).all():
+            continue  # not a stuff scene: exactly the stage-1 scene of that seed
+        n_stuff += 1
+        border = [t for t in new.targets if t[0].any() or t[-1].any() or t[:, 0].any() or t[:, -1].any()]
+        assert len(border) >= 2  # stuff regions: large, touching the image border
+        assert max(t.mean() for t in new.targets) > 0.15
+    assert 0.1 < n_stuff / 40 < 0.7
+    cfg = PretrainConfig(size="s", steps=10, batch=8, stuff_from=5)
+    same = [(a.image == b.image).all() for a, b in zip(batch_scenes(cfg, 4), batch_scenes(cfg, 4))]
+    assert all(same)
+    stage1 = [make_scene((0, 6, i), stuff_p=0.0) for i in range(8)]
+    assert any(not (a.image == b.image).all() for a, b in zip(stage1, batch_scenes(cfg, 6)))
+
+
+def test_stage_two_can_be_added_on_resume_but_never_rewrites_the_past(tmp_path):
+    from specialsam.errors import UserError
+
+    base = dict(size="s", batch=2, targets_per_image=1, warmup=1)
+    first = PretrainConfig(**base, steps=4, stuff_from=4)
+    pretrain(first, tmp_path / "x.pt", None, stop_after=2, log_every=100)
+    with pytest.raises(UserError, match="different settings"):  # step 1 already trained on stage 1
+        pretrain(PretrainConfig(**base, steps=4, stuff_from=1), tmp_path / "x.pt", None, stop_after=1)
+    out = pretrain(PretrainConfig(**base, steps=6, stuff_from=3), tmp_path / "x.pt", None, log_every=100)
+    assert out["step"] == 6
+    assert any("stage 2" in n for n in out["notes"]) and any("steps changed" in n for n in out["notes"])

@@ -17,7 +17,9 @@ from specialsam.rules import (
     BaselineResult,
     TrialResult,
     baseline_rule,
+    category_breakdown,
     data_rule,
+    extra_breakdown,
     fit_crossover,
     format_summary,
     health_summary,
@@ -343,3 +345,28 @@ def test_write_report_files_verdicts_and_summary(tmp_path):
     table = format_summary(rows)
     assert table.splitlines()[0].split()[:2] == ["model", "prompt"] and len(table.splitlines()) == 8
     assert files.summary == rows
+
+
+def test_extra_sets_and_categories_compare_base_with_the_selected_config(tmp_path):
+    xb, xt = crossover_data()
+    model = xt[0].model
+    for b in xb:
+        if b.model == model and b.prompt == "center":
+            b.per_category = {"dark": 0.2, "line": 0.4}
+            b.extra_miou = {"hard": 0.5}
+    for k, t in enumerate(t for t in xt if t.model == model):
+        t.per_category = {"center": {"dark": 0.3 + 0.02 * k, "line": 0.35}}
+        t.extra_miou = {"hard": 0.6}
+    br = baseline_rule(xb, xt, n_boot=200)
+    sel = br.selections
+    cats = {r.name: r for r in category_breakdown(sel, xb, "center") if r.model == model}
+    assert cats["line"].delta == pytest.approx(-0.05) and cats["line"].base == 0.4
+    assert cats["dark"].specialised == pytest.approx(
+        np.mean([0.3 + 0.02 * k for k in range(cats["dark"].n_seeds)])
+    )
+    (extra,) = [r for r in extra_breakdown(sel, xb, "center") if r.model == model]
+    assert extra.name == "hard" and extra.delta == pytest.approx(0.1)
+    files = write_report(tmp_path, "wood", "procedural", xb, xt, n_boot=200, n_boot_curve=50)
+    md = files.report_md.read_text()
+    assert "## Extra test sets" in md and "## Per category" in md
+    assert f"| {model} | hard | 0.500 | 0.600" in md and "+0.100" in md

@@ -38,6 +38,7 @@ def test_parent_run_carries_report_and_verdicts(runs):
     report = client.download_artifacts(parent.info.run_id, "rules/report.md")
     text = open(report).read()
     assert "demonstration" in text and "decoder-only" in text.lower()
+    assert "## Per category" in text  # the carpet stand-in's test defects come in categories
     assert any(a.path.startswith("export/") for a in client.list_artifacts(parent.info.run_id, "export"))
 
 
@@ -76,6 +77,7 @@ def test_trial_runs_follow_the_contract(runs):
         m = r.data.metrics
         assert {"test_miou.box", "baseline_miou", "gain", "retention_miou", "trial_seconds"} <= set(m)
         assert m["gain"] == pytest.approx(m["test_miou.center"] - m["baseline_miou"])
+        assert any(k.startswith("test_miou.cat.") for k in m)  # defect categories, primary prompt
         assert r.data.tags["specialsam.health"] in ("ok",) or set(
             r.data.tags["specialsam.health"].split(",")
         ) <= {"collapse", "spike", "divergence"}

@@ -13,7 +13,9 @@ from specialsam.train import (
     TrainConfig,
     TrainingFailed,
     _health,
+    accumulate_gradients,
     batch_logits,
+    micro_batch_size,
     segmentation_loss,
     train_decoder,
 )
@@ -78,6 +80,31 @@ def test_batched_gradients_equal_per_sample_gradients(pack):
             acc += g
     for a, b in zip(batched, per):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_chunked_gradient_accumulation_equals_the_whole_batch(pack):
+    from specialsam.device import select_device
+
+    tr = pack.split("train")
+    idx = [0, 1, 2, 3, 4]
+    emb = torch.from_numpy(tr.embeddings(idx))
+    coords = torch.tensor([[[40.0 + 20 * i, 50.0], [0, 0]] for i in idx])
+    labels = torch.tensor([[1, -1]] * len(idx))
+    target = torch.from_numpy(np.stack([np.asarray(tr.masks[i]) for i in idx]).astype(np.float32) / 255)
+    valid = torch.ones_like(target)
+    cfg, dev = TrainConfig(focal_weight=0.1), select_device("cpu", "fp32")
+    grads, losses = [], []
+    for micro in (0, 2):  # whole batch, then chunks of 2, 2, 1
+        sam = fresh_sam()
+        losses.append(accumulate_gradients(sam, emb, coords, labels, target, valid, cfg, dev, 256, micro))
+        grads.append([p.grad.clone() for p in sam.mask_decoder.parameters() if p.grad is not None])
+    torch.testing.assert_close(losses[0], losses[1])
+    assert len(grads[0]) == len(grads[1]) > 0
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    # auto: chunks only for SAM-sized embeddings on CPU; an explicit setting always wins
+    assert micro_batch_size(0, 64, dev) == 4 and micro_batch_size(0, 16, dev) == 0
+    assert micro_batch_size(8, 16, dev) == 8
 
 
 def test_training_is_deterministic_and_respects_step_budget(pack):

@@ -13,8 +13,14 @@ CARPET = {"n_synthetic": 320, "n_val": 48, "standin_size": 256, "standin_good": 
 
 def test_finetuning_tiny_m_improves_procedural_carpet(tmp_path):
     task, sam, info, pack = prepare_pack(
-        "carpet", "tiny-m", None, CARPET, seed=0, settings=PackSettings(strategies=("center", "box")),
-        cache_dir=tmp_path, retention=0,
+        "carpet",
+        "tiny-m",
+        None,
+        CARPET,
+        seed=0,
+        settings=PackSettings(strategies=("center", "box")),
+        cache_dir=tmp_path,
+        retention=0,
     )
     assert task.data == "procedural" and info.checkpoint == "shipped"
     cfg = TrainConfig(lr=1e-3, n_train=320, epochs=6, batch_size=16, patience=0, seed=0)

@@ -28,8 +28,9 @@ images sit there), ``Image/``+``GT_Object/``, ``Image/``+``GT/``, ``image/``+``m
 
 **Memory.** Samples hold decoded pixels. ``max_side`` (default 1024, SAM's input size) downscales
 larger images on load (area interpolation; masks nearest) so e.g. 3,000 COD10K train images stay
-around 7 GB; lower it (or ``n_train``) on small machines. ``flip`` is not applied here: it tells
-the trainer to double the training set with horizontal flips, as the study did.
+around 7 GB; lower it (or ``n_train``) on small machines. Horizontal-flip doubling (the study's)
+is the sweep's ``train.flip`` (on in ``sweeps/camouflage.yaml``): the pack adds the flipped copies
+of the *training* split only, after the split, so no flip of a test image is ever trained on.
 
 **Offline stand-in** (``data_root=None``): textured backgrounds (scikit-image's grass, gravel and
 brick photographs, colourised, and a procedural bark) with one animal-like blob whose interior is
@@ -84,8 +85,6 @@ class Options:
     """Downscale images whose longer side exceeds this on load (memory); None keeps full size."""
     category: str = "super"
     """super: Sample.category = super-class (Aquatic...); class: 'Aquatic/BatFish'."""
-    flip: bool = True
-    """Consumed by the trainer: double the training set with horizontal flips (as the study)."""
     extra_test_sets: dict[str, str] = field(default_factory=dict)
     """name -> folder of a CAMO / CHAMELEON / NC4K style image+mask set, evaluated zero-shot."""
     procedural_train: int = 1000
