@@ -190,7 +190,7 @@ def test_worker_node_removed_mid_sweep(ray_cluster, tmp_path):
         "--cache-dir",
         str(tmp_path / "cache"),
     ]
-    linger = {"sleep": {"match": {"n_train": 64}, "at_step": 1, "seconds": 20}}  # phase A trials overlap
+    linger = {"sleep": {"match": {"n_train": 64}, "at_step": 1, "seconds": 12}}  # phase A trials overlap
     proc = _driver(args, tmp_path, {"SPECIALSAM_TEST_FAULTS": json.dumps(linger)})
     db = tmp_path / "mlflow.db"
     deadline = time.time() + 240
