@@ -12,11 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # Measured on this project's reference 2-core CPU machine, one torch thread per trial
-# (benchmarks/README.md); GPU figures are rough until measured on one.
-TRAIN_SAMPLES_PER_S = {"tiny": {"cpu": 120.0, "cuda": 3000.0}, "sam": {"cpu": 8.0, "cuda": 600.0}}
+# (benchmarks/README.md, 2026-11-22): tiny, a whole trial's training incl. per-epoch validation
+# (200 steps of 16 in ~40 s in the default sweep; the bare step does ~100-116/s); sam, vit_b's
+# step in bf16 with chunks of 4 on an AMX CPU (3.1/s; 2.2/s in fp32). GPU figures are rough
+# guesses until measured on one.
+TRAIN_SAMPLES_PER_S = {"tiny": {"cpu": 80.0, "cuda": 3000.0}, "sam": {"cpu": 3.0, "cuda": 600.0}}
 ENCODE_IMAGES_PER_S = {
-    "tiny-s": {"cpu": 60.0, "cuda": 2000.0},
-    "tiny-m": {"cpu": 40.0, "cuda": 1500.0},
+    "tiny-s": {"cpu": 80.0, "cuda": 2000.0},  # the default sweep's precompute: 81 img/s
+    "tiny-m": {"cpu": 59.0, "cuda": 1500.0},  # 59 img/s (both cores)
     "vit_t": {"cpu": 3.0, "cuda": 80.0},
     "vit_b": {"cpu": 0.5, "cuda": 25.0},
     "vit_l": {"cpu": 0.2, "cuda": 10.0},
