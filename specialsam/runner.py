@@ -23,9 +23,9 @@ import torch
 from specialsam.config import SweepConfig, config_to_dict
 from specialsam.embeddings import EmbeddingCache, atomic_write_bytes, default_cache_dir
 from specialsam.errors import UserError
-from specialsam.evaluate import score_split
+from specialsam.evaluate import score_extra_tests, score_split
 from specialsam.models import load_model
-from specialsam.pack import EXTRA_PREFIX, Pack, PackSettings, build_pack, model_identity
+from specialsam.pack import Pack, PackSettings, build_pack, model_identity
 from specialsam.plan import (
     EMBEDDING_BYTES,
     ENCODE_IMAGES_PER_S,
@@ -208,17 +208,18 @@ def _log_baselines(
     base_ret = None
     if pack.has("retention"):
         base_ret = score_split(sam, pack.split("retention"), [primary], dev=dev)[primary].miou
-    extra = {
-        name: score_split(sam, pack.split(EXTRA_PREFIX + name), [primary], dev=dev)[primary].miou
-        for name in pack.extra_tests
-    }
+    extra = score_extra_tests(sam, pack, primary, dev)
     for strat in cfg.eval.strategies:
         key = f"baseline/{model}/{strat}"
         extra_here = extra if strat == primary else {}
         if key in existing:
             run = existing[key]
             per = tracker.download_json(run.info.run_id, "per_image_iou.json")["iou"]
-            out.append(BaselineResult(model, strat, np.asarray(per), categories_of(run), extra_here))
+            out.append(
+                BaselineResult(
+                    model, strat, np.asarray(per), metrics_with_prefix(run, "test_miou.cat."), extra_here
+                )
+            )
             continue
         if scores is None:
             scores = score_split(
@@ -254,13 +255,8 @@ def _log_baselines(
     return out, base_ret
 
 
-def categories_of(run) -> dict[str, float]:
-    """Per-category mIoU a baseline or trial run logged (``test_miou.cat.<category>``)."""
-    prefix = "test_miou.cat."
-    return {k[len(prefix) :]: v for k, v in run.data.metrics.items() if k.startswith(prefix)}
-
-
-def extras_of(run, prefix: str = "extra_miou.") -> dict[str, float]:
+def metrics_with_prefix(run, prefix: str) -> dict[str, float]:
+    """A run's metrics under ``prefix`` (``test_miou.cat.``, ``extra_miou.``), keyed by the rest."""
     return {k[len(prefix) :]: v for k, v in run.data.metrics.items() if k.startswith(prefix)}
 
 
@@ -579,7 +575,15 @@ def analyze_only(cfg: SweepConfig, opts: RunOptions, parent: str) -> SweepOutcom
     for r in tracker.children(parent, "baseline"):
         per = tracker.download_json(r.info.run_id, "per_image_iou.json")["iou"]
         model, strat = r.data.params["model"], r.data.params["strategy"]
-        baselines.append(BaselineResult(model, strat, np.asarray(per), categories_of(r), extras_of(r)))
+        baselines.append(
+            BaselineResult(
+                model,
+                strat,
+                np.asarray(per),
+                metrics_with_prefix(r, "test_miou.cat."),
+                metrics_with_prefix(r, "extra_miou."),
+            )
+        )
     trials = []
     for r in tracker.children(parent, "trial"):
         if r.info.status != "FINISHED" or "test_miou." + cfg.eval.primary not in r.data.metrics:

@@ -28,7 +28,7 @@ import torch
 from ray import tune
 
 from specialsam.embeddings import EmbeddingCache
-from specialsam.pack import EXTRA_PREFIX, Pack
+from specialsam.pack import Pack
 from specialsam.tracking import ROLE, TRIAL_ID, Tracker
 
 SEARCHABLE = ("lr", "bce_weight", "dice_weight", "focal_weight", "point_fraction", "weight_decay")
@@ -42,7 +42,7 @@ def trainable(config: dict[str, Any]) -> None:
     """One trial: fine-tune the decoder of ``config['model']`` from its pack, report to Tune."""
     from specialsam.artifacts import overlay_grid, plot_training_curves
     from specialsam.device import select_device
-    from specialsam.evaluate import score_split
+    from specialsam.evaluate import score_extra_tests, score_split
     from specialsam.inference import predict_masks
     from specialsam.modeling.headless import decoder_state
     from specialsam.prompts import Prompt
@@ -105,10 +105,7 @@ def trainable(config: dict[str, Any]) -> None:
     retention = None
     if pack.has("retention"):
         retention = score_split(sam, pack.split("retention"), [primary], dev=dev)[primary].miou
-    extra = {
-        name: score_split(sam, pack.split(EXTRA_PREFIX + name), [primary], dev=dev)[primary].miou
-        for name in pack.extra_tests
-    }
+    extra = score_extra_tests(sam, pack, primary, dev)
     seconds = time.time() - t0
 
     with tempfile.TemporaryDirectory() as d:
