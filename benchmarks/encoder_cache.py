@@ -53,7 +53,7 @@ def speed_plan(mode: str, name: str) -> tuple[int, int, int]:
         return 4, 4, 1
     if mode == "quick":
         return (2, 1, 1) if sam_family else (16, 8, 1)
-    return (8, 1, 3) if name == "vit_b" else (16, 1, 3) if sam_family else (64, 8, 3)
+    return (4, 1, 2) if name == "vit_b" else (8, 1, 2) if sam_family else (64, 8, 3)
 
 
 def default_sweep_images() -> tuple[int, dict[str, int]]:
@@ -71,7 +71,10 @@ def default_sweep_images() -> tuple[int, dict[str, int]]:
     return sum(parts.values()), parts
 
 
-def encoder_speed(name: str, images: list, mode: str, threads: int) -> dict[str, Any]:
+def encoder_speed(
+    name: str, images: list, mode: str, threads: int, precision: str = "fp32"
+) -> dict[str, Any]:
+    from specialsam.embeddings import encoder_precision
     from specialsam.inference import encode
     from specialsam.models import load_model
     from specialsam.plan import ENCODE_IMAGES_PER_S
@@ -82,15 +85,17 @@ def encoder_speed(name: str, images: list, mode: str, threads: int) -> dict[str,
     sam.eval()
     imgs = [images[i % len(images)] for i in range(n)]
     with torch.inference_mode():
-        encode(sam, imgs[:batch], batch_size=batch)  # warm-up
+        encode(sam, imgs[:batch], batch_size=batch, precision=precision)  # warm-up
         rates = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            out = encode(sam, imgs, batch_size=batch)
+            out = encode(sam, imgs, batch_size=batch, precision=precision)
             float(out.flatten()[0])
             rates.append(n / (time.perf_counter() - t0))
     return {
         "model": name,
+        "precision": precision,
+        "auto_picks": encoder_precision(sam) == precision,
         "weights": info.verified,
         "input_px": int(sam.image_encoder.img_size),
         "embedding": list(out.shape[1:]),
@@ -117,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--speed-models",
         help=f"models timed for images/s (default {','.join(SPEED_MODELS)}; --smoke: tiny-s,tiny-m)",
+    )
+    ap.add_argument(
+        "--speed-only", action="store_true", help="only the images/s part (skip the encoder-call count)"
     )
     ap.add_argument("--flip", action="store_true", help="train.flip=true: flipped training copies too")
     ap.add_argument(
@@ -173,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         other = PackSettings(128, settings.flip, settings.strategies, settings.primary)
         builds = []
-        for name in cfg.models:
+        for name in [] if args.speed_only else cfg.models:
             sam, minfo = load_model(name, random_init=not name.startswith("tiny"))
             ident = model_identity(sam, name, minfo.sha256)
             row: dict[str, Any] = {"model": name, "expected_calls": unique}
@@ -196,79 +204,17 @@ def main(argv: list[str] | None = None) -> int:
             ok &= row["ok"]
             builds.append(row)
         total_calls = sum(r["first_calls"] for r in builds)
-        print(
-            markdown_table(
-                [
-                    "model",
-                    "unique images",
-                    "encoder calls, 1st build",
-                    "2nd identical build",
-                    "other pack settings",
-                    "1st build s",
-                    "2nd build s",
-                    "check",
-                ],
-                [
-                    [
-                        r["model"],
-                        r["expected_calls"],
-                        r["first_calls"],
-                        r["second_calls"],
-                        r["other_settings_calls"],
-                        f"{r['first_s']:.1f}",
-                        f"{r['second_s']:.2f}",
-                        "ok" if r["ok"] else "FAILED",
-                    ]
-                    for r in builds
-                ],
-            )
-        )
-        print(
-            f"\nEncoder calls for the whole sweep: {total_calls} = {unique} unique images x "
-            f"{len(cfg.models)} model(s) (flips {'included' if cfg.train.flip else 'off'}): "
-            f"{'ok' if total_calls == unique * len(cfg.models) else 'MISMATCH'}; a second identical "
-            f"build made {sum(r['second_calls'] for r in builds)} calls.",
-            flush=True,
-        )
+        if builds:
+            print_builds(builds, unique, total_calls, len(cfg.models), cfg.train.flip)
+        from specialsam.device import cpu_has_amx_bf16
 
+        precisions = ["fp32", "bf16"] if cpu_has_amx_bf16() else ["fp32"]
         default_n, default_parts = default_sweep_images()
         images = [s.image for s in task.test] or [s.image for s in task.train]
-        speed = [encoder_speed(name, images, mode, args.threads) for name in speed_models]
-        print(
-            f"\n## Encoder images/s ({args.threads} thread(s)); the default carpet sweep encodes "
-            f"{default_n} images per model ("
-            + " + ".join(f"{v} {k}" for k, v in default_parts.items() if v)
-            + ")\n"
-        )
-        print(
-            markdown_table(
-                [
-                    "model",
-                    "weights",
-                    "input px",
-                    "embedding",
-                    "images x repeats",
-                    "batch",
-                    "images/s",
-                    "plan assumes",
-                    "default sweep encode time",
-                ],
-                [
-                    [
-                        s["model"],
-                        s["weights"],
-                        s["input_px"],
-                        "x".join(map(str, s["embedding"])),
-                        f"{s['images']} x {s['repeats']}",
-                        s["batch"],
-                        f"{s['images_per_s']:.2f}",
-                        "-" if s["plan_images_per_s"] is None else f"{s['plan_images_per_s']:g}",
-                        f"{default_n / s['images_per_s'] / 60:.1f} min",
-                    ]
-                    for s in speed
-                ],
-            )
-        )
+        speed = [
+            encoder_speed(name, images, mode, args.threads, p) for name in speed_models for p in precisions
+        ]
+        print_speed(speed, default_n, default_parts, args.threads)
         if not ok:
             print("\nFAILED: an encoder-call check did not hold (see the table)")
         write_json(
@@ -298,6 +244,77 @@ def main(argv: list[str] | None = None) -> int:
         if not args.workdir:
             shutil.rmtree(root, ignore_errors=True)
     return 0 if ok else 1
+
+
+def print_builds(builds: list[dict], unique: int, total_calls: int, n_models: int, flip: bool) -> None:
+    header_row = [
+        "model",
+        "unique images",
+        "encoder calls, 1st build",
+        "2nd identical build",
+        "other pack settings",
+        "1st build s",
+        "2nd build s",
+        "check",
+    ]
+    rows = [
+        [
+            r["model"],
+            r["expected_calls"],
+            r["first_calls"],
+            r["second_calls"],
+            r["other_settings_calls"],
+            f"{r['first_s']:.1f}",
+            f"{r['second_s']:.2f}",
+            "ok" if r["ok"] else "FAILED",
+        ]
+        for r in builds
+    ]
+    print(markdown_table(header_row, rows))
+    print(
+        f"\nEncoder calls for the whole sweep: {total_calls} = {unique} unique images x "
+        f"{n_models} model(s) (flips {'included' if flip else 'off'}): "
+        f"{'ok' if total_calls == unique * n_models else 'MISMATCH'}; a second identical "
+        f"build made {sum(r['second_calls'] for r in builds)} calls.",
+        flush=True,
+    )
+
+
+def print_speed(speed: list[dict], default_n: int, default_parts: dict[str, int], threads: int) -> None:
+    print(
+        f"\n## Encoder images/s ({threads} thread(s)); the default carpet sweep encodes "
+        f"{default_n} images per model ("
+        + " + ".join(f"{v} {k}" for k, v in default_parts.items() if v)
+        + ")\n"
+    )
+    header_row = [
+        "model",
+        "weights",
+        "input px",
+        "embedding",
+        "images x repeats",
+        "batch",
+        "precision",
+        "images/s",
+        "plan assumes",
+        "default sweep encode time",
+    ]
+    rows = [
+        [
+            s["model"],
+            s["weights"],
+            s["input_px"],
+            "x".join(map(str, s["embedding"])),
+            f"{s['images']} x {s['repeats']}",
+            s["batch"],
+            s["precision"] + (" (auto)" if s["auto_picks"] else ""),
+            f"{s['images_per_s']:.2f}",
+            "-" if s["plan_images_per_s"] is None else f"{s['plan_images_per_s']:g}",
+            f"{default_n / s['images_per_s'] / 60:.1f} min",
+        ]
+        for s in speed
+    ]
+    print(markdown_table(header_row, rows), flush=True)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,10 @@ from specialsam.errors import UserError
 
 CPU_BF16_MIN_DIM = 256
 """Narrowest decoder (transformer width) for which ``auto`` uses bf16 on an AMX CPU."""
+BF16_ENCODER_MIN_SIDE = 1024
+"""Smallest encoder input (px) for which ``auto`` encodes in bf16: SAM's ViTs and MobileSAM (vit_b
+1.9x faster on an AMX core, benchmarks/README.md). The tiny generalists' 256-px encoders stay fp32
+on every machine, so their embeddings and the numbers in their model card never depend on it."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,12 @@ class DeviceChoice:
     def for_decoder(self, transformer_dim: int) -> DeviceChoice:
         """This choice for a decoder of the given width (auto bf16 on CPU only where it pays)."""
         if self.auto and self.device.type == "cpu" and transformer_dim < CPU_BF16_MIN_DIM:
+            return DeviceChoice(self.device, None, auto=False)
+        return self
+
+    def for_encoder(self, input_side: int) -> DeviceChoice:
+        """This choice for an image encoder with the given input size (auto: bf16 for SAM-sized)."""
+        if self.auto and input_side < BF16_ENCODER_MIN_SIDE:
             return DeviceChoice(self.device, None, auto=False)
         return self
 

@@ -1,11 +1,12 @@
 """Content-addressed cache of image embeddings: the encoder runs once per (model, image).
 
 An entry's key hashes everything the embedding depends on: model name, checkpoint SHA-256, the
-image's content hash and the preprocessing. A changed image or checkpoint therefore gets a new key
-and is recomputed, never served stale. Entries are float16 ``.npy`` files (memory-mappable, so a
-trial streams what it needs instead of loading a whole training set) with a JSON sidecar that is
-written last: an entry exists only once its sidecar does, and the sidecar carries the SHA-256 of
-the array file, so a truncated or torn write is detected and recomputed, never read.
+image's content hash, the preprocessing and the encoder's precision (when not fp32). A changed
+image or checkpoint therefore gets a new key and is recomputed, never served stale. Entries are
+float16 ``.npy`` files (memory-mappable, so a trial streams what it needs instead of loading a
+whole training set) with a JSON sidecar that is written last: an entry exists only once its
+sidecar does, and the sidecar carries the SHA-256 of the array file, so a truncated or torn
+write is detected and recomputed, never read.
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ def default_cache_dir() -> Path:
 
 def preprocessing_id(sam: Sam) -> str:
     return f"{PREPROCESSING_VERSION}/side={model_side(sam)}"
+
+
+def encoder_precision(sam: Sam, dev=None) -> str:
+    """fp32 or bf16: what ``auto`` precision encodes this model's images in on this machine."""
+    from specialsam.device import select_device
+
+    return (dev or select_device()).for_encoder(model_side(sam)).precision
 
 
 def entry_key(model: str, checkpoint_sha: str, image_hash: str, preprocessing: str) -> str:
@@ -79,9 +87,12 @@ class ModelIdentity:
     name: str
     checkpoint_sha: str
     preprocessing: str
+    precision: str = "fp32"
+    """The encoder's precision; fp32 keys are those of caches written before it existed."""
 
     def key(self, image_hash: str) -> str:
-        return entry_key(self.name, self.checkpoint_sha, image_hash, self.preprocessing)
+        prep = self.preprocessing if self.precision == "fp32" else f"{self.preprocessing}/{self.precision}"
+        return entry_key(self.name, self.checkpoint_sha, image_hash, prep)
 
 
 class EmbeddingCache:
@@ -136,7 +147,9 @@ class EmbeddingCache:
         for s in range(0, len(todo), batch_size):
             chunk = todo[s : s + batch_size]
             with torch.no_grad():
-                emb = encode(sam, [images[i] for _, i in chunk], batch_size=batch_size)
+                emb = encode(
+                    sam, [images[i] for _, i in chunk], batch_size=batch_size, precision=identity.precision
+                )
             self.encoder_calls += len(chunk)
             for (key, i), e in zip(chunk, emb.cpu().numpy()):
                 self.put(
@@ -147,6 +160,7 @@ class EmbeddingCache:
                         "checkpoint_sha": identity.checkpoint_sha,
                         "image_hash": image_hashes[i],
                         "preprocessing": identity.preprocessing,
+                        "precision": identity.precision,
                     },
                 )
             bar.update(len(chunk))

@@ -42,13 +42,20 @@ def preprocess(sam: Sam, image: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode(sam: Sam, images: Sequence[np.ndarray], batch_size: int = 8) -> torch.Tensor:
-    """Embeddings (N, C, h, w) for a list of images (float32, on the model's device)."""
+def encode(
+    sam: Sam, images: Sequence[np.ndarray], batch_size: int = 8, precision: str = "fp32"
+) -> torch.Tensor:
+    """Embeddings (N, C, h, w) for a list of images (float32, on the model's device).
+
+    ``precision`` bf16 runs the encoder under bf16 autocast (the cache records it in the key)."""
     device = next(sam.parameters()).device
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"unknown encoder precision {precision!r}")
     out = []
     for i in range(0, len(images), batch_size):
         x = torch.stack([preprocess(sam, im) for im in images[i : i + batch_size]]).to(device)
-        out.append(sam.image_encoder(x))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out.append(sam.image_encoder(x).float())
     return torch.cat(out)
 
 

@@ -27,7 +27,7 @@ import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from specialsam.embeddings import EmbeddingCache, ModelIdentity, preprocessing_id
+from specialsam.embeddings import EmbeddingCache, ModelIdentity, encoder_precision, preprocessing_id
 from specialsam.inference import model_side
 from specialsam.modeling.headless import build_headless, decoder_state, load_decoder_state
 from specialsam.prompts import Prompt, make_prompt, to_model_coords
@@ -123,7 +123,7 @@ def build_pack(
                 PACK_VERSION,
                 task.name,
                 task.data,
-                identity.__dict__,
+                identity_record(identity),
                 settings.__dict__,
                 res,
                 {k: _hash_samples(v) for k, v in splits.items()},
@@ -140,7 +140,7 @@ def build_pack(
         "task": task.name,
         "data": task.data,
         "source": task.source,
-        "model": identity.__dict__,
+        "model": identity_record(identity),
         "side": side,
         "loss_res": res,
         "flip": settings.flip,
@@ -293,5 +293,19 @@ class Pack:
         return idx + [pool + i for i in idx] if self.manifest["flip"] else idx
 
 
-def model_identity(sam: Sam, name: str, checkpoint_sha: str) -> ModelIdentity:
-    return ModelIdentity(name=name, checkpoint_sha=checkpoint_sha, preprocessing=preprocessing_id(sam))
+def identity_record(identity: ModelIdentity) -> dict:
+    """The identity as packs record and hash it (fp32, the default, left out: older packs stay valid)."""
+    rec = dict(identity.__dict__)
+    if rec.get("precision") == "fp32":
+        rec.pop("precision")
+    return rec
+
+
+def model_identity(sam: Sam, name: str, checkpoint_sha: str, precision: str | None = None) -> ModelIdentity:
+    """What this model's embeddings depend on; ``precision`` None: what ``auto`` picks here."""
+    return ModelIdentity(
+        name=name,
+        checkpoint_sha=checkpoint_sha,
+        preprocessing=preprocessing_id(sam),
+        precision=precision or encoder_precision(sam),
+    )

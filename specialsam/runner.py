@@ -144,8 +144,6 @@ def prepare(cfg: SweepConfig, opts: RunOptions):
 
 
 def make_plan(cfg: SweepConfig, task, models, cache: EmbeddingCache, parallel: float, device: str) -> Plan:
-    from specialsam.embeddings import ModelIdentity, preprocessing_id
-
     train = cfg.train
     plan = Plan(
         phase_a_trials=cfg.search.num_samples * len(cfg.models),
@@ -158,7 +156,7 @@ def make_plan(cfg: SweepConfig, task, models, cache: EmbeddingCache, parallel: f
     n_ret = cfg.eval.retention_n
     hashes = [s.image_hash() for s in samples]
     for name, (sam, info) in models.items():
-        ident = ModelIdentity(name, info.sha256, preprocessing_id(sam))
+        ident = model_identity(sam, name, info.sha256)
         todo = sum(not cache.has(ident.key(h)) for h in hashes)
         images = len(samples) + len(task.train) * int(train.flip) + n_ret
         todo += len(task.train) * int(train.flip) + n_ret  # flips/retention: counted, not checked

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -495,6 +496,9 @@ def run_phase(
                 search_alg=search_alg,
                 scheduler=scheduler,
                 max_concurrent_trials=max_concurrent,
+                # a finished trial's worker process runs the next one: no new process, no second
+                # import of torch/segment_anything per trial (benchmarks/overhead.py measures it)
+                reuse_actors=True,
                 trial_name_creator=lambda t: f"{name}-{t.trial_id}",
                 trial_dirname_creator=lambda t: f"{name}-{t.trial_id}",
             ),
@@ -509,6 +513,13 @@ def run_phase(
             ),
         )
     grid = tuner.fit()
+    dropped = drop_orphan_trial_runs(log, name, [Path(r.path).name for r in grid])
+    if dropped:
+        print(
+            f"{name}: deleted {dropped} MLflow run(s) of trials the interrupted driver had started after "
+            "Tune's last experiment checkpoint (they are not part of the resumed experiment)",
+            file=sys.stderr,
+        )
     records = []
     for res in grid:
         cfg = res.config or {}
@@ -522,6 +533,24 @@ def run_phase(
             rec = json.loads((folder / "result.json").read_text())
         records.append(TrialRecord(key, ctx["phase"], params, rec, folder, failed, log.run_ids.get(key)))
     return records
+
+
+def drop_orphan_trial_runs(log: SweepLogging, name: str, trial_dirs: list[str]) -> int:
+    """Delete this experiment's trial runs whose trial Tune does not know (returns how many).
+
+    A driver killed mid-sweep may have started a trial (and its MLflow run) after Tune last saved
+    the experiment state; the restored experiment never sees that trial again and its searcher
+    proposes a replacement. Its run would stay behind as a duplicate, so it goes (soft delete: it
+    can be restored from MLflow's trash). Trial folders are named ``<name>-<trial_id>``."""
+    known = {f"{name}/{d.removeprefix(name + '-')}" for d in trial_dirs}
+    orphans = [
+        run
+        for key, run in log.tracker.trial_runs(log.parent_run).items()
+        if key.startswith(f"{name}/") and key not in known
+    ]
+    for run in orphans:
+        log.tracker.client.delete_run(run.info.run_id)
+    return len(orphans)
 
 
 def best_params(records: list[TrialRecord]) -> dict[str, Any] | None:

@@ -40,11 +40,11 @@ def test_interrupted_precompute_resumes_without_recomputing(tmp_path, monkeypatc
     imgs, hashes = _images(20)
     real_encode, calls = emb.encode, {"n": 0}
 
-    def dying_encode(model, images, batch_size=8):
+    def dying_encode(model, images, batch_size=8, precision="fp32"):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt  # the machine goes away mid-precompute
-        return real_encode(model, images, batch_size)
+        return real_encode(model, images, batch_size, precision)
 
     monkeypatch.setattr(emb, "encode", dying_encode)
     cache = EmbeddingCache(tmp_path)

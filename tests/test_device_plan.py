@@ -24,6 +24,11 @@ def test_cpu_defaults_to_fp32_and_bf16_autocast_runs_on_cpu():
     assert auto_cpu.for_decoder(64).precision == "fp32"
     assert auto_cpu.for_decoder(256).precision == auto_cpu.precision
     assert select_device("cpu", "bf16").for_decoder(64).precision == "bf16"
+    # encoders: auto keeps the tiny generalists' 256-px encoders in fp32, SAM-sized ones follow auto
+    assert auto_cpu.for_encoder(256).precision == "fp32"
+    assert auto_cpu.for_encoder(1024).precision == auto_cpu.precision
+    assert select_device("cpu", "bf16").for_encoder(256).precision == "bf16"
+    assert select_device("cpu", "fp32").for_encoder(1024).precision == "fp32"
     bf = select_device("cpu", "bf16")
     assert bf.precision == "bf16"
     with bf.autocast():

@@ -54,6 +54,36 @@ def test_hit_miss_and_stale(tmp_path, sam):
     assert again.encoder_calls == 1 + 5  # a changed checkpoint recomputes everything
 
 
+def test_encoder_precision_is_part_of_the_key_and_recorded(tmp_path, sam):
+    """A bf16-encoded entry never serves an fp32 request (or back); fp32 keys are the old ones."""
+    from specialsam.embeddings import entry_key
+    from specialsam.inference import encode
+    from specialsam.pack import identity_record
+
+    imgs = _images(3)
+    hashes = _hashes(imgs)
+    fp32 = ModelIdentity("tiny-s", "sha", preprocessing_id(sam))
+    bf16 = ModelIdentity("tiny-s", "sha", preprocessing_id(sam), precision="bf16")
+    assert fp32.key(hashes[0]) == entry_key("tiny-s", "sha", hashes[0], preprocessing_id(sam))
+    assert bf16.key(hashes[0]) != fp32.key(hashes[0])
+    assert "precision" not in identity_record(fp32)  # packs of fp32 models keep their old hashes
+    assert identity_record(bf16)["precision"] == "bf16"
+
+    cache = EmbeddingCache(tmp_path)
+    k32 = cache.precompute(sam, fp32, imgs, hashes, progress=False)
+    k16 = cache.precompute(sam, bf16, imgs, hashes, progress=False)
+    assert cache.encoder_calls == 6  # nothing shared between the precisions
+    meta = json.loads(cache._paths(k16[0])[1].read_text())
+    assert meta["precision"] == "bf16"
+    a, b = cache.load(k32[0]).astype(np.float32), cache.load(k16[0]).astype(np.float32)
+    direct = encode(sam, imgs[:1], precision="bf16")[0].numpy()
+    assert np.abs(b - direct).max() < 1e-2 * (np.abs(direct).max() + 1)  # encoded in bf16, stored fp16
+    assert not np.array_equal(a, b)  # really a different computation
+    assert np.linalg.norm(a - b) < 0.05 * np.linalg.norm(a)  # ... of the same embedding
+    with pytest.raises(ValueError, match="precision"):
+        encode(sam, imgs[:1], precision="fp8")
+
+
 def test_embedding_matches_direct_encoder_within_fp16(tmp_path, sam):
     from specialsam.inference import encode
 

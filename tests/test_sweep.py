@@ -222,3 +222,22 @@ def test_trial_record_holds_per_image_iou_aligned_with_baseline(runs):
     assert np.mean(rec["test"]["center"]["per_image_iou"]) == pytest.approx(
         done.data.metrics["test_miou.center"]
     )
+
+
+def test_orphan_trial_runs_of_a_killed_driver_are_deleted_on_resume(tmp_path):
+    """Runs whose trial the restored Tune experiment does not know go; every other run stays."""
+    from specialsam.sweep import SweepLogging, drop_orphan_trial_runs
+    from specialsam.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "orphans")
+    parent = tracker.create_run("sweep", {ROLE: "sweep"})
+    ids = {
+        key: tracker.create_run(key, {ROLE: "trial", TRIAL_ID: key}, parent=parent)
+        for key in ("tune-tiny-s/aaa", "tune-tiny-s/bbb", "tune-tiny-s/orphan", "curve/ccc")
+    }
+    log = SweepLogging(tracker, parent, {}, {}, {}, "center")
+    dirs = ["tune-tiny-s-aaa", "tune-tiny-s-bbb"]  # Tune's trial folders: <name>-<trial_id>
+    assert drop_orphan_trial_runs(log, "tune-tiny-s", dirs) == 1
+    assert set(tracker.trial_runs(parent)) == {"tune-tiny-s/aaa", "tune-tiny-s/bbb", "curve/ccc"}
+    assert tracker.client.get_run(ids["tune-tiny-s/orphan"]).info.lifecycle_stage == "deleted"
+    assert drop_orphan_trial_runs(log, "tune-tiny-s", dirs) == 0  # nothing left to drop
