@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> None:
             f"--n-train {cfg.n_train} is larger than the {pack.n_train_pool} training samples "
             f"available for {args.task}"
         )
-    print(f"{task.summary()}; model {args.model} ({info.checkpoint}); device {dev.device} {dev.precision}")
+    dec = dev.for_decoder(sam.mask_decoder.transformer_dim)  # what training will actually use
+    print(f"{task.summary()}; model {args.model} ({info.checkpoint}); device {dec.device} {dec.precision}")
     outcome = run_trial(sam, pack, cfg, strategies, dev, args.mask_selection)
     r = outcome.train
     print(
