@@ -21,8 +21,7 @@ into a temporary cache):
    the test split; it reports its RSS after opening the pack and its peak RSS
    (``VmHWM`` in ``/proc/self/status``). Embeddings are memory-mapped from the cache and read
    per batch, so the peak should stay roughly flat while the training pool (shown: its fp16 size
-   on disk) grows. The pack's mask file is memory-mapped too; the pages a trial touches count in
-   its RSS, at most steps x batch masks.
+   on disk) grows. Mask rows are read from the pack's file per batch (``pack.MaskRows``).
 
 Torch runs one thread per trial (``--threads``). Wall times taken while other jobs share the
 machine are not valid; memory figures do not depend on the load.

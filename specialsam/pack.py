@@ -4,9 +4,10 @@ A pack is a folder holding, for one (task split, model): the embedding-cache key
 its target mask in the model's input frame at the loss resolution (soft uint8, so 2-5 px defects
 survive downscaling), the fixed evaluation prompts per strategy, and the full-resolution ground
 truth for test scoring. Trials open the pack and the cache and nothing else: they never see an
-image and never run the encoder. Everything is memory-mapped, so a trial's memory does not grow
-with the training set. Packs are content-addressed (samples, model, settings) and written
-atomically, so a rerun reuses them and a change rebuilds them.
+image and never run the encoder. Embeddings and mask rows are read per batch (never the whole
+pool), so a trial's memory does not grow with the training set. Packs are content-addressed
+(samples, model, settings) and written atomically, so a rerun reuses them and a change rebuilds
+them.
 """
 
 from __future__ import annotations
@@ -208,8 +209,43 @@ def _write_thumbs(path: Path, samples: Sequence[Sample]) -> None:
     np.savez_compressed(path, n=len(samples), **arrays)
 
 
+class MaskRows:
+    """Rows of a pack's ``<split>_masks.npy``, each read from disk when asked for.
+
+    Not ``np.load(mmap_mode="r")``: page faults on a memory-mapped 8,000-mask pool (0.5 GB) mapped
+    far more than the rows a trial read, and a trial's peak RSS grew with the pool (+500 MB at
+    8,000 for the same 800 samples trained; benchmarks/scaling.py). Reading rows keeps it flat."""
+
+    def __init__(self, path: Path) -> None:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read_header(f)
+            self.offset = f.tell()
+        if fortran:
+            raise ValueError(f"{path}: Fortran-ordered masks are not supported")
+        self.path, self.shape, self.dtype = path, tuple(shape), np.dtype(dtype)
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        i = int(i)
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"mask row {i} out of range for {len(self)} rows")
+        i %= len(self)
+        with open(self.path, "rb") as f:
+            data = os.pread(f.fileno(), self.row_bytes, self.offset + i * self.row_bytes)
+        return np.frombuffer(data, self.dtype).reshape(self.shape[1:])
+
+
 class Split:
-    """One split of an opened pack: embeddings stream from the cache, masks are memory-mapped."""
+    """One split of an opened pack: embeddings stream from the cache, mask rows are read on demand."""
 
     def __init__(self, pack: Pack, name: str) -> None:
         self.pack, self.name = pack, name
@@ -224,8 +260,8 @@ class Split:
         return len(self.keys)
 
     @cached_property
-    def masks(self) -> np.ndarray:
-        return np.load(self.pack.folder / f"{self.name}_masks.npy", mmap_mode="r")
+    def masks(self) -> MaskRows:
+        return MaskRows(self.pack.folder / f"{self.name}_masks.npy")
 
     def embeddings(self, idx: Sequence[int]) -> np.ndarray:
         return np.stack([self.pack.cache.load(self.emb_keys[i]) for i in idx]).astype(np.float32)

@@ -141,3 +141,18 @@ def test_pack_is_reused_and_holds_what_trials_need(tmp_path, sam):
     assert coords.shape == (3, 4, 2) and ok.all() and (labels[:, -1] == -1).all()
     np.testing.assert_array_equal(test.gt(1), task.test[1].mask)
     assert test.embeddings([0, 2]).shape == (2, 64, 16, 16)
+
+
+def test_mask_rows_read_exactly_what_numpy_saved(tmp_path):
+    """Packs read mask rows from disk on demand (no memory map: RSS must not grow with the pool)."""
+    from specialsam.pack import MaskRows
+
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (7, 32, 32), dtype=np.uint8)
+    np.save(tmp_path / "m.npy", arr)
+    rows = MaskRows(tmp_path / "m.npy")
+    assert len(rows) == 7 and rows.shape == arr.shape
+    for i in (0, 3, 6, -1):
+        np.testing.assert_array_equal(rows[i], arr[i])
+    with pytest.raises(IndexError):
+        rows[7]
