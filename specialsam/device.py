@@ -31,19 +31,19 @@ on every machine, so their embeddings and the numbers in their model card never 
 class DeviceChoice:
     device: torch.device
     autocast_dtype: torch.dtype | None  # None: plain fp32
-    auto: bool = False  # precision was "auto": narrowed per model by for_decoder
+    auto: bool = False  # precision was "auto": narrowed per model by for_decoder / for_encoder
+
+    def _fp32_if(self, small_model: bool) -> DeviceChoice:
+        """An ``auto`` choice narrowed to fp32 for a model too small to gain from bf16."""
+        return DeviceChoice(self.device, None, auto=False) if self.auto and small_model else self
 
     def for_decoder(self, transformer_dim: int) -> DeviceChoice:
         """This choice for a decoder of the given width (auto bf16 on CPU only where it pays)."""
-        if self.auto and self.device.type == "cpu" and transformer_dim < CPU_BF16_MIN_DIM:
-            return DeviceChoice(self.device, None, auto=False)
-        return self
+        return self._fp32_if(self.device.type == "cpu" and transformer_dim < CPU_BF16_MIN_DIM)
 
     def for_encoder(self, input_side: int) -> DeviceChoice:
         """This choice for an image encoder with the given input size (auto: bf16 for SAM-sized)."""
-        if self.auto and input_side < BF16_ENCODER_MIN_SIDE:
-            return DeviceChoice(self.device, None, auto=False)
-        return self
+        return self._fp32_if(input_side < BF16_ENCODER_MIN_SIDE)
 
     @property
     def precision(self) -> str:

@@ -37,11 +37,11 @@ def preprocessing_id(sam: Sam) -> str:
     return f"{PREPROCESSING_VERSION}/side={model_side(sam)}"
 
 
-def encoder_precision(sam: Sam, dev=None) -> str:
+def encoder_precision(sam: Sam) -> str:
     """fp32 or bf16: what ``auto`` precision encodes this model's images in on this machine."""
     from specialsam.device import select_device
 
-    return (dev or select_device()).for_encoder(model_side(sam)).precision
+    return select_device().for_encoder(model_side(sam)).precision
 
 
 def entry_key(model: str, checkpoint_sha: str, image_hash: str, preprocessing: str) -> str:
@@ -88,11 +88,19 @@ class ModelIdentity:
     checkpoint_sha: str
     preprocessing: str
     precision: str = "fp32"
-    """The encoder's precision; fp32 keys are those of caches written before it existed."""
+    """The encoder's precision. fp32, the default, is left out of keys and records, so caches and
+    packs written before precision was recorded stay valid."""
 
     def key(self, image_hash: str) -> str:
         prep = self.preprocessing if self.precision == "fp32" else f"{self.preprocessing}/{self.precision}"
         return entry_key(self.name, self.checkpoint_sha, image_hash, prep)
+
+    def record(self) -> dict[str, str]:
+        """The identity as packs record and hash it."""
+        rec = dict(self.__dict__)
+        if rec["precision"] == "fp32":
+            del rec["precision"]
+        return rec
 
 
 class EmbeddingCache:

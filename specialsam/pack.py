@@ -124,7 +124,7 @@ def build_pack(
                 PACK_VERSION,
                 task.name,
                 task.data,
-                identity_record(identity),
+                identity.record(),
                 settings.__dict__,
                 res,
                 {k: _hash_samples(v) for k, v in splits.items()},
@@ -141,7 +141,7 @@ def build_pack(
         "task": task.name,
         "data": task.data,
         "source": task.source,
-        "model": identity_record(identity),
+        "model": identity.record(),
         "side": side,
         "loss_res": res,
         "flip": settings.flip,
@@ -217,19 +217,12 @@ class MaskRows:
     8,000 for the same 800 samples trained; benchmarks/scaling.py). Reading rows keeps it flat."""
 
     def __init__(self, path: Path) -> None:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            shape, fortran, dtype = read_header(f)
-            self.offset = f.tell()
-        if fortran:
+        header = np.load(path, mmap_mode="r")  # numpy parses the header; no row is read here
+        if not header.flags.c_contiguous:
             raise ValueError(f"{path}: Fortran-ordered masks are not supported")
-        self.path, self.shape, self.dtype = path, tuple(shape), np.dtype(dtype)
-        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self.path, self.shape, self.dtype, self.offset = path, header.shape, header.dtype, header.offset
+        self.row_items = int(np.prod(self.shape[1:], dtype=np.int64))
+        del header
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -238,10 +231,9 @@ class MaskRows:
         i = int(i)
         if not -len(self) <= i < len(self):
             raise IndexError(f"mask row {i} out of range for {len(self)} rows")
-        i %= len(self)
-        with open(self.path, "rb") as f:
-            data = os.pread(f.fileno(), self.row_bytes, self.offset + i * self.row_bytes)
-        return np.frombuffer(data, self.dtype).reshape(self.shape[1:])
+        offset = self.offset + (i % len(self)) * self.row_items * self.dtype.itemsize
+        row = np.fromfile(self.path, self.dtype, count=self.row_items, offset=offset)
+        return row.reshape(self.shape[1:])
 
 
 class Split:
@@ -329,19 +321,11 @@ class Pack:
         return idx + [pool + i for i in idx] if self.manifest["flip"] else idx
 
 
-def identity_record(identity: ModelIdentity) -> dict:
-    """The identity as packs record and hash it (fp32, the default, left out: older packs stay valid)."""
-    rec = dict(identity.__dict__)
-    if rec.get("precision") == "fp32":
-        rec.pop("precision")
-    return rec
-
-
-def model_identity(sam: Sam, name: str, checkpoint_sha: str, precision: str | None = None) -> ModelIdentity:
-    """What this model's embeddings depend on; ``precision`` None: what ``auto`` picks here."""
+def model_identity(sam: Sam, name: str, checkpoint_sha: str) -> ModelIdentity:
+    """What this model's embeddings depend on, encoder precision as ``auto`` picks it here."""
     return ModelIdentity(
         name=name,
         checkpoint_sha=checkpoint_sha,
         preprocessing=preprocessing_id(sam),
-        precision=precision or encoder_precision(sam),
+        precision=encoder_precision(sam),
     )

@@ -463,7 +463,8 @@ def run_phase(
     trainable_r = tune.with_resources(tune.with_parameters(trainable), resources)
     space = {**param_space, "_ctx": ctx}
     callbacks = [MlflowLogger(log, ctx["phase"], name)]
-    if tune.Tuner.can_restore(path):
+    restored = tune.Tuner.can_restore(path)
+    if restored:
         tuner = tune.Tuner.restore(path, trainable_r, resume_errored=True, param_space=space)
         # The restored run config carries detached loggers; Ray has no public way to pass new
         # callbacks to a restored Tuner, so attach ours to its run config directly.
@@ -513,7 +514,7 @@ def run_phase(
             ),
         )
     grid = tuner.fit()
-    dropped = drop_orphan_trial_runs(log, name, [Path(r.path).name for r in grid])
+    dropped = drop_orphan_trial_runs(log, name, [Path(r.path).name for r in grid]) if restored else 0
     if dropped:
         print(
             f"{name}: deleted {dropped} MLflow run(s) of trials the interrupted driver had started after "

@@ -58,7 +58,6 @@ def test_encoder_precision_is_part_of_the_key_and_recorded(tmp_path, sam):
     """A bf16-encoded entry never serves an fp32 request (or back); fp32 keys are the old ones."""
     from specialsam.embeddings import entry_key
     from specialsam.inference import encode
-    from specialsam.pack import identity_record
 
     imgs = _images(3)
     hashes = _hashes(imgs)
@@ -66,8 +65,8 @@ def test_encoder_precision_is_part_of_the_key_and_recorded(tmp_path, sam):
     bf16 = ModelIdentity("tiny-s", "sha", preprocessing_id(sam), precision="bf16")
     assert fp32.key(hashes[0]) == entry_key("tiny-s", "sha", hashes[0], preprocessing_id(sam))
     assert bf16.key(hashes[0]) != fp32.key(hashes[0])
-    assert "precision" not in identity_record(fp32)  # packs of fp32 models keep their old hashes
-    assert identity_record(bf16)["precision"] == "bf16"
+    assert "precision" not in fp32.record()  # packs of fp32 models keep their old hashes
+    assert bf16.record()["precision"] == "bf16"
 
     cache = EmbeddingCache(tmp_path)
     k32 = cache.precompute(sam, fp32, imgs, hashes, progress=False)
