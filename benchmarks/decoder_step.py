@@ -52,7 +52,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from specialsam.device import DeviceChoice, select_device
 from specialsam.models import get_spec, load_model
-from specialsam.train import TrainConfig, accumulate_gradients, micro_batch_size, segmentation_loss
+from specialsam.train import (
+    TrainConfig,
+    accumulate_gradients,
+    decoder_optimizer,
+    micro_batch_size,
+    segmentation_loss,
+)
 
 LOW_RES = 256
 """The training default loss resolution (the pack's ``loss_res``)."""
@@ -183,10 +189,15 @@ class ModelBench:
             m[i, y0:y1, x0:x1] = 255
         return m
 
-    def reset(self) -> None:
-        """Same starting weights and a fresh optimizer for every measured configuration."""
+    def reset(self, study: bool = False) -> None:
+        """Same starting weights and a fresh optimizer for every measured configuration.
+
+        The study loop gets PyTorch's default AdamW (as the study used); ours gets training's."""
         self.sam.mask_decoder.load_state_dict(self.init_state)
-        self.opt = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        if study:
+            self.opt = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        else:
+            self.opt = decoder_optimizer(self.params, self.cfg, self.device)
         self.cursor = 0
 
     def _next(self, b: int) -> list[int]:
@@ -268,13 +279,13 @@ class ModelBench:
         return b
 
 
-def measure(bench: ModelBench, fn, per_step: int, s: Settings) -> dict:
+def measure(bench: ModelBench, fn, per_step: int, s: Settings, study: bool = False) -> dict:
     """samples/s (median over repeats, each repeat's figure kept) and FLOPs per sample of ``fn``.
 
     The FLOP-counting step runs first and untimed, so it is also the first warmup step (it
     allocates the optimizer state).
     """
-    bench.reset()
+    bench.reset(study)
     flops = count_flops(fn) / per_step
     rates = time_repeats(fn, bench.device, s.warmup, s.repeats, s.min_seconds)
     return {"samples_per_s": median(rates), "samples_per_s_repeats": rates, "flop_per_sample": flops}
@@ -306,7 +317,7 @@ def run_model(
             r["headline"] = (variant, batch, res, prec) == ("ours", headline_batch(s), LOW_RES, headline_prec)
             return r
 
-        study = row("study loop", 1, bench.side, "fp32", measure(bench, bench.study_step, 1, s))
+        study = row("study loop", 1, bench.side, "fp32", measure(bench, bench.study_step, 1, s, study=True))
         rows.append(study)
         resolutions = [LOW_RES] + ([bench.side] if s.full_res and bench.side != LOW_RES else [])
         for prec in precisions:

@@ -24,6 +24,7 @@ from segment_anything.modeling import Sam
 
 from specialsam.device import DeviceChoice, select_device
 from specialsam.modeling.batched import decode_batched
+from specialsam.modeling.upsample import upsample_logits
 from specialsam.pack import Pack, Split
 from specialsam.prompts import training_prompt
 
@@ -123,8 +124,9 @@ def _valid_masks(split: Split, idx: list[int], res: int) -> torch.Tensor:
 
 
 def batch_logits(sam: Sam, emb: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor, res: int):
+    """Single-mask logits at ``res`` px, float32 (B, res, res)."""
     masks, _ = decode_batched(sam.mask_decoder, sam.prompt_encoder, emb, coords, labels)
-    return F.interpolate(masks[:, :1], size=(res, res), mode="bilinear", align_corners=False)[:, 0]
+    return upsample_logits(masks[:, 0], res)
 
 
 def micro_batch_size(requested: int, embedding_side: int, dev: DeviceChoice) -> int:
@@ -166,6 +168,15 @@ def accumulate_gradients(
         loss.backward()
         total += loss.detach()
     return total
+
+
+def decoder_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig, device: torch.device):
+    """AdamW, fused where PyTorch has a fused kernel (CPU, CUDA).
+
+    The decoder has ~120 small parameter tensors; the per-tensor loop of the default
+    implementation cost ~6% of a tiny model's step on CPU (benchmarks/README.md)."""
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -247,7 +258,7 @@ def train_decoder(
     for p in sam.mask_decoder.parameters():
         p.requires_grad_(True)
     params = [p for p in sam.mask_decoder.parameters()]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = decoder_optimizer(params, cfg, dev.device)
 
     train, val = pack.split("train"), pack.split("val")
     indices = pack.train_indices(cfg.n_train)

@@ -69,3 +69,37 @@ def test_tiny_models_are_sam_classes_of_the_stated_sizes():
     out = s.image_encoder(torch.zeros(2, 3, 256, 256))
     assert out.shape == (2, 64, 16, 16)
     assert np.isfinite(out.detach().numpy()).all()
+
+
+@pytest.mark.parametrize(
+    "shape,size", [((3, 64, 64), 256), ((2, 16, 16), 40), ((2, 48, 64), 100), ((1, 64, 64), 64)]
+)
+def test_matrix_upsampling_equals_interpolate_values_and_gradients(shape, size):
+    from specialsam.modeling.upsample import upsample_logits
+
+    torch.manual_seed(0)
+    x = torch.randn(*shape, requires_grad=True)
+    ref_x = x.detach().clone().requires_grad_(True)
+    ref = torch.nn.functional.interpolate(
+        ref_x[:, None], size=(size, size), mode="bilinear", align_corners=False
+    )[:, 0]
+    out = upsample_logits(x, size)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert torch.allclose(out, ref, atol=1e-5)
+    g = torch.randn_like(ref)
+    ref.backward(g)
+    out.backward(g)
+    assert torch.allclose(x.grad, ref_x.grad, atol=1e-4)
+
+
+def test_matrix_upsampling_stays_fp32_under_autocast_and_after_inference_mode():
+    from specialsam.modeling.upsample import interpolation_matrix, upsample_logits
+
+    interpolation_matrix.cache_clear()
+    x = torch.randn(2, 32, 32)
+    with torch.inference_mode():  # the cached matrix is first built during validation
+        upsample_logits(x, 96)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = upsample_logits(x.to(torch.bfloat16).requires_grad_(True), 96)
+    assert y.dtype == torch.float32
+    y.sum().backward()  # an inference-mode constant would refuse to be saved for backward

@@ -171,3 +171,14 @@ def test_invalid_configs_are_user_errors():
         TrainConfig(lr=0).validate()
     with pytest.raises(UserError, match="all 0"):
         TrainConfig(bce_weight=0, dice_weight=0).validate()
+
+
+def test_decoder_optimizer_is_fused_adamw_on_cpu():
+    from specialsam.train import decoder_optimizer
+
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = decoder_optimizer([p], TrainConfig(lr=1e-2, weight_decay=0.0), torch.device("cpu"))
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"] is True
+    p.grad = torch.ones(3)
+    opt.step()
+    assert torch.allclose(p.detach(), torch.full((3,), 1 - 1e-2), atol=1e-6)  # Adam's first step: lr * sign
