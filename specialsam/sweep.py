@@ -175,10 +175,14 @@ def _fault_matches(spec: dict | None, config: dict) -> bool:
 
 def _maybe_inject_fault(fault: dict, config: dict, step: int) -> None:
     """Test hooks: kill this trial's process once at a given step (a marker file makes it once);
-    or make it linger, so that tests can act while several trials run at once."""
+    or make it linger (``seconds`` at most, until ``until_file`` exists), so that tests can act
+    while several trials run at once."""
     linger = fault.get("sleep")
     if _fault_matches(linger, config) and step == linger.get("at_step", 1):
-        time.sleep(float(linger["seconds"]))
+        release = Path(linger["until_file"]) if linger.get("until_file") else None
+        end = time.time() + float(linger["seconds"])  # at most this long; less once released
+        while time.time() < end and not (release and release.exists()):
+            time.sleep(0.2)
     spec = fault.get("kill")
     if not _fault_matches(spec, config) or step != spec.get("at_step", 1):
         return

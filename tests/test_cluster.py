@@ -120,15 +120,20 @@ def test_resume_after_killed_driver_through_address_and_tracking_server(ray_clus
     proc = _driver(args, tmp_path)
     deadline = time.time() + 240
     while time.time() < deadline:
-        done = [r for r in _trial_runs(client) if r.info.status == "FINISHED"]
-        if len(done) >= 2 or proc.poll() is not None:
+        # Kill once Tune's saved experiment state records two finished trials: a trial that
+        # finished after Tune's last save (auto period >= 10 s) is legitimately rerun on resume.
+        done = {r.data.tags[TRIAL_ID] for r in _trial_runs(client) if r.info.status == "FINISHED"}
+        if len(done & _tune_finished(tmp_path / "tune")) >= 2 or proc.poll() is not None:
             break
-        time.sleep(1)
+        time.sleep(0.5)
     assert proc.poll() is None, f"driver ended early: {proc.stdout.read().decode()[-3000:]}"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    saved = _tune_finished(tmp_path / "tune")
     before = {
-        r.data.tags[TRIAL_ID]: r.info.run_id for r in _trial_runs(client) if r.info.status == "FINISHED"
+        r.data.tags[TRIAL_ID]: r.info.run_id
+        for r in _trial_runs(client)
+        if r.info.status == "FINISHED" and r.data.tags[TRIAL_ID] in saved
     }
     assert len(before) >= 2
 
@@ -141,7 +146,7 @@ def test_resume_after_killed_driver_through_address_and_tracking_server(ray_clus
     keys = [r.data.tags[TRIAL_ID] for r in runs]
     assert len(keys) == len(set(keys)) == 4 + 4  # every trial exactly once
     assert all(r.info.status in ("FINISHED", "FAILED") for r in runs)
-    for key, run_id in before.items():  # finished trials were neither rerun nor duplicated
+    for key, run_id in before.items():  # trials Tune saved as finished were not rerun
         assert {r.info.run_id for r in runs if r.data.tags[TRIAL_ID] == key} == {run_id}
     assert (
         len({r.data.tags.get("specialsam.node_id") for r in runs if r.data.tags.get("specialsam.node_id")})
@@ -153,6 +158,25 @@ def test_resume_after_killed_driver_through_address_and_tracking_server(ray_clus
         if r.data.tags.get(ROLE) == "sweep"
     ]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+
+
+def _tune_finished(storage) -> set[str]:
+    """Trials that Tune's latest saved experiment state (per experiment) records as finished, as
+    our trial keys ``<experiment>/<trial_id>``."""
+    keys = set()
+    for exp in storage.glob("*/*/"):
+        states = sorted(exp.glob("experiment_state-*.json"))  # timestamped names: the last is newest
+        if not states:
+            continue
+        try:
+            trials = json.loads(states[-1].read_text())["trial_data"]
+        except (OSError, ValueError, KeyError):  # being written
+            continue
+        for trial_json, _ in trials:
+            t = json.loads(trial_json)
+            if t["status"] == "TERMINATED":
+                keys.add(f"{exp.name}/{t['trial_id']}")
+    return keys
 
 
 def _running_trials(db) -> int:
@@ -190,17 +214,23 @@ def test_worker_node_removed_mid_sweep(ray_cluster, tmp_path):
         "--cache-dir",
         str(tmp_path / "cache"),
     ]
-    linger = {"sleep": {"match": {"n_train": 64}, "at_step": 1, "seconds": 12}}  # phase A trials overlap
+    # Phase A trials linger at step 1 until released (at most 90 s), so all three run at once
+    # however slowly their workers start.
+    release = tmp_path / "release"
+    linger = {"sleep": {"match": {"n_train": 64}, "at_step": 1, "seconds": 90, "until_file": str(release)}}
     proc = _driver(args, tmp_path, {"SPECIALSAM_TEST_FAULTS": json.dumps(linger)})
     db = tmp_path / "mlflow.db"
     deadline = time.time() + 240
     removed = False
-    while time.time() < deadline and proc.poll() is None:
-        if _running_trials(db) >= 3:  # one per node: one of them is on the node we remove
-            ray_cluster.remove_node(extra)
-            removed = True
-            break
-        time.sleep(0.5)
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if _running_trials(db) >= 3:  # one per node: one of them is on the node we remove
+                ray_cluster.remove_node(extra)
+                removed = True
+                break
+            time.sleep(0.5)
+    finally:
+        release.touch()
     out, _ = proc.communicate(timeout=400)
     assert removed, "never saw three trials running at once"
     assert proc.returncode == 0, out.decode()[-3000:]
