@@ -45,7 +45,7 @@ def test_textures_never_shared_across_splits(standard):
     assert set(ts["train"]).isdisjoint(ts["val"]) and set(ts["train"]).isdisjoint(ts["test"])
     assert set(ts["val"]).isdisjoint(ts["test"])
     assert sum(len(v) for v in ts.values()) == SMALL["n_textures"]
-    samples = standard.train + standard.val + standard.test + standard.extra_tests["hard"]
+    samples = standard.train + standard.val + standard.test + sum(standard.extra_tests.values(), [])
     for s in samples:
         assert set(standard.mosaics[s.key].textures) <= set(ts[_split_of(s.key)]), s.key
 
@@ -76,8 +76,23 @@ def test_hard_mode_tiles_share_one_cluster(standard):
         assert info.textures.count(info.textures[info.target]) == 1
     # mode=hard makes it the main set, with standard as the extra one
     d = wood.load(None, wood.Options(**{**SMALL, "mode": "hard"}), seed=3)
-    assert set(d.extra_tests) == {"standard"}
+    assert set(d.extra_tests) == {"standard", "fixed-layout"}
     assert all(len(set(d.mosaics[s.key].clusters)) == 1 for s in d.train)
+
+
+def test_other_layout_is_an_extra_test_set_of_the_same_mode(standard):
+    fixed = standard.extra_tests["fixed-layout"]
+    assert len(fixed) == SMALL["n_test"]
+    for s in fixed:
+        info = standard.mosaics[s.key]
+        assert s.key.startswith("wood/fixed-standard/test/")
+        assert len(info.clusters) == 4  # the study's 2x2 grid (64 px mosaic, 32 px tiles)
+        assert info.clusters.count(info.clusters[info.target]) == 1
+        assert s.mask.sum() == 32 * 32 and set(info.textures) <= set(standard.texture_splits["test"])
+    d = wood.load(None, wood.Options(**{**SMALL, "layout": "fixed"}), seed=3)
+    assert set(d.extra_tests) == {"hard", "random-layout"}
+    d = wood.load(None, wood.Options(**{**SMALL, "tile_size": 48}), seed=3)  # no 2x2 grid of 48 in 64
+    assert set(d.extra_tests) == {"hard"} and any("no 'fixed-layout'" in n for n in d.notes)
 
 
 def test_random_layout_varies_tile_count_and_seams_are_wavy(standard):

@@ -31,7 +31,9 @@ region) and the prompt protocol points inside it.
   the tile is to tell its texture from its neighbours'.
 
 Modes (``mode`` is what the sweep trains, validates and tests on; the other mode's test set is
-built too, as ``extra_tests[<other mode>]``, from the same test textures):
+built too, as ``extra_tests[<other mode>]``, from the same test textures, and so is the same mode
+in the other layout, as ``extra_tests["fixed-layout"]`` (or ``"random-layout"``), so every sweep
+reports the study's grid beside the randomised default):
 
 * ``standard``: the target tile's cluster differs from every other tile's, and adjacent tiles
   differ in cluster (relaxed only when there are too few clusters for it). Tiles look different.
@@ -49,7 +51,7 @@ cluster differ by ring pattern, period, figure and shade rather than by a rotate
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -657,12 +659,30 @@ def load(data_root: Path | None, options: Options, seed: int) -> WoodTaskData:
         )
         infos.update(info)
     other = "hard" if options.mode == "standard" else "standard"
-    extra, info = build_mosaics(by_key, tsplit["test"], other, options.n_test, options, seed, "test")
+    extras: dict[str, list[Sample]] = {}
+    extras[other], info = build_mosaics(by_key, tsplit["test"], other, options.n_test, options, seed, "test")
     infos.update(info)
+    # The other layout too, same mode: the study's fixed grid beside the randomised default, so
+    # every wood sweep reports both (a gain only on the fixed grid is the quadrant shortcut).
+    other_layout = "fixed" if options.layout == "random" else "random"
+    grid = options.mosaic_size // options.tile_size if options.tile_size > 0 else 0
+    if other_layout == "fixed" and (grid < 2 or options.mosaic_size % options.tile_size):
+        notes.append(
+            f"wood: no '{other_layout}-layout' extra test set: data.tile_size={options.tile_size} does not "
+            f"divide data.mosaic_size={options.mosaic_size} into at least 2x2 tiles"
+        )
+    else:
+        lay = replace(options, layout=other_layout)
+        extras[f"{other_layout}-layout"], info = build_mosaics(
+            by_key, tsplit["test"], options.mode, options.n_test, lay, seed, "test"
+        )
+        infos.update(info)
     notes.append(
         f"wood: mode={options.mode}, layout={options.layout}; textures per split "
         + ", ".join(f"{s} {len(v)}" for s, v in tsplit.items())
-        + f"; extra test set '{other}' from the test textures"
+        + "; extra test sets "
+        + ", ".join(f"'{k}'" for k in extras)
+        + " from the test textures"
     )
     return WoodTaskData(
         name="wood",
@@ -672,7 +692,7 @@ def load(data_root: Path | None, options: Options, seed: int) -> WoodTaskData:
         test=out["test"],
         source=source,
         notes=notes,
-        extra_tests={other: extra},
+        extra_tests=extras,
         texture_splits=tsplit,
         texture_clusters={t.key: t.cluster for t in textures},
         mosaics=infos,
