@@ -203,19 +203,15 @@ def test_descriptor_clusters_recover_the_stand_ins_wood_families(monkeypatch):
     """Standard mosaics rely on clusters of look-alike woods: with colour weighted 2:1 the
     descriptor recovers the stand-in's five families at the shipped settings (sweeps/wood.yaml:
     80 textures, 256 px); with equal block weights it did not (purity 0.75)."""
-    import collections
-
     from specialsam.tasks import texture_features
-    from specialsam.tasks.wood import Options, procedural_textures
+    from specialsam.tasks.wood import Options, cluster_purity, procedural_textures
 
     tex = procedural_textures(Options(mosaic_size=256, n_textures=80), seed=0)
 
     def purity() -> float:
-        labels = texture_features.cluster_textures([t.image for t in tex], 5, seed=0)
-        return sum(
-            collections.Counter(t.species for t, c in zip(tex, labels) if c == k).most_common(1)[0][1]
-            for k in set(labels)
-        ) / len(tex)
+        for t, c in zip(tex, texture_features.cluster_textures([t.image for t in tex], 5, seed=0)):
+            t.cluster = int(c)
+        return cluster_purity(tex)
 
     weighted = purity()
     monkeypatch.setattr(texture_features, "BLOCK_WEIGHTS", dict.fromkeys(texture_features.BLOCKS, 1.0))

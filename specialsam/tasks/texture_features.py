@@ -16,7 +16,7 @@ much as by wood, and recovered the procedural stand-in's five colour families wi
 only 0.64-0.75 (seeds 0-2), so a "standard" mosaic put two boards of one wood side by side in ~22%
 of cases. Weighted 2:1 the purity is 0.97-1.00, and grain figure separates textures within a
 cluster (hard mode). On photographs, where colour and tone differ between species too, this is a
-judgement call; a configured ResNet18 checkpoint replaces the descriptor, as in the study.
+judgement call.
 Clusters come from a seeded k-means++ (several restarts, best inertia). When a ResNet18
 checkpoint is configured, :func:`resnet18_features` gives the study's descriptor instead (loaded
 with ``weights_only=True``; nothing is downloaded).

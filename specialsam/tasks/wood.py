@@ -132,6 +132,11 @@ class WoodTaskData(TaskDataWithExtras):
 # Options and real data
 
 
+def _fixed_grid_fits(o: Options) -> bool:
+    """Whether ``tile_size`` divides ``mosaic_size`` into at least a 2x2 grid (fixed layout)."""
+    return o.tile_size > 0 and not o.mosaic_size % o.tile_size and o.mosaic_size // o.tile_size >= 2
+
+
 def _check_options(o: Options) -> None:
     def bad(name: str, value: object, want: str) -> UserError:
         return UserError(f"data.{name}={value!r} for task wood; {want}")
@@ -142,9 +147,7 @@ def _check_options(o: Options) -> None:
         raise bad("layout", o.layout, f"choose from {', '.join(LAYOUTS)}")
     if o.mosaic_size < 32:
         raise bad("mosaic_size", o.mosaic_size, "use at least 32 pixels")
-    if o.layout == "fixed" and (
-        o.tile_size <= 0 or o.mosaic_size % o.tile_size or o.mosaic_size // o.tile_size < 2
-    ):
+    if o.layout == "fixed" and not _fixed_grid_fits(o):
         raise bad(
             "tile_size", o.tile_size, f"it must divide mosaic_size={o.mosaic_size} into at least 2x2 tiles"
         )
@@ -587,15 +590,20 @@ def _split_textures(textures: list[Texture], options: Options, seed: int) -> dic
     return {s: [k for c in sorted(per) for k in per[c][s]] for s in ("train", "val", "test")}
 
 
-def _species_note(textures: list[Texture]) -> str | None:
-    if not any(t.species for t in textures):
-        return None
+def cluster_purity(textures: list[Texture]) -> float:
+    """Share of textures whose species/family label is the most common one in their cluster."""
     agree = 0
     for c in {t.cluster for t in textures}:
         sp = [t.species for t in textures if t.cluster == c]
         agree += max(sp.count(s) for s in set(sp))
+    return agree / len(textures)
+
+
+def _species_note(textures: list[Texture]) -> str | None:
+    if not any(t.species for t in textures):
+        return None
     return (
-        f"cluster purity against species/family labels: {agree / len(textures):.2f} "
+        f"cluster purity against species/family labels: {cluster_purity(textures):.2f} "
         f"({len({t.species for t in textures})} labels, {len({t.cluster for t in textures})} clusters)"
     )
 
@@ -665,8 +673,7 @@ def load(data_root: Path | None, options: Options, seed: int) -> WoodTaskData:
     # The other layout too, same mode: the study's fixed grid beside the randomised default, so
     # every wood sweep reports both (a gain only on the fixed grid is the quadrant shortcut).
     other_layout = "fixed" if options.layout == "random" else "random"
-    grid = options.mosaic_size // options.tile_size if options.tile_size > 0 else 0
-    if other_layout == "fixed" and (grid < 2 or options.mosaic_size % options.tile_size):
+    if other_layout == "fixed" and not _fixed_grid_fits(options):
         notes.append(
             f"wood: no '{other_layout}-layout' extra test set: data.tile_size={options.tile_size} does not "
             f"divide data.mosaic_size={options.mosaic_size} into at least 2x2 tiles"
