@@ -149,3 +149,21 @@ def test_scaling_smoke(tmp_path):
         assert _pos(x["train_embeddings_bytes"])
     sizes = [x["train_embeddings_bytes"] for x in r["memory"]]
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+
+
+def test_compile_probe_step_trains_the_decoder_eagerly():
+    """The probe's step (compiled only by the script itself: 1.5-2.5 min) is training's forward +
+    backward: an odd batch mixes points and boxes, and every timed call puts gradients on the decoder."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import compile_probe
+    finally:
+        sys.path.remove(str(BENCH))
+    dev, sam, loss_fn, inputs = compile_probe.make_step("tiny-s", 3, "fp32")
+    labels = inputs[2]
+    assert labels.tolist() == [[1, -1], [2, 3], [1, -1]]
+    first, later = compile_probe.time_step(loss_fn, inputs, dev.device, repeats=2)
+    assert _pos(first) and _pos(later)
+    transformer = list(sam.mask_decoder.transformer.parameters())  # on the single-mask path
+    assert all(p.grad is not None for p in transformer)
+    assert sum(float(p.grad.abs().sum()) for p in transformer) > 0
