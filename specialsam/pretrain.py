@@ -160,27 +160,38 @@ def evaluate_generalist(
     for strat in strategies:
         rng = np.random.default_rng(1)
         rows, prompts, gts = [], [], []
-        for i, sc in enumerate(scenes):
-            for m, box_only in zip(sc.targets, sc.box_only):
-                if box_only and strat != "box":
-                    continue
-                p: Prompt | None = make_prompt(m, strat, rng)
-                if p is None:
-                    continue
-                rows.append(i)
-                prompts.append(p)
-                gts.append(m)
+        for i, m in _scored_targets(scenes, with_box_only=strat == "box"):
+            p: Prompt | None = make_prompt(m, strat, rng)
+            if p is None:
+                continue
+            rows.append(i)
+            prompts.append(p)
+            gts.append(m)
         preds = predict_masks(sam, emb[torch.tensor(rows)], prompts, [m.shape for m in gts])
         ious = np.array([mask_iou(p, g) for p, g in zip(preds, gts)])
         out[strat] = float(ious.mean())
         if strat == "center":  # where the misses are: small targets vs the rest
-            small = np.array([g.sum() < SMALL_AREA for g in gts])
-            out["center_small"], out["center_rest"] = float(ious[small].mean()), float(ious[~small].mean())
+            out["center_small"], out["center_rest"] = _small_and_rest(ious, gts)
     out["n_targets"] = len(gts)  # of the last strategy
     if stage1:  # the stage-1 held-out scenes (no stuff regions): comparable with earlier cards
         old = evaluate_generalist(sam, n_scenes, ("center",), stage1=False, stuff_p=0.0)
         out["center_stage1_scenes"] = old["center"]
     return out
+
+
+def _scored_targets(scenes: list[Scene], with_box_only: bool):
+    """(scene index, mask) of each held-out target that is scored: the whole of a nested object
+    only by box prompts (a point on it would be ambiguous), empty masks never."""
+    for i, sc in enumerate(scenes):
+        for m, box_only in zip(sc.targets, sc.box_only):
+            if m.any() and (with_box_only or not box_only):
+                yield i, m
+
+
+def _small_and_rest(ious: np.ndarray, masks: list[np.ndarray]) -> tuple[float, float]:
+    """Mean IoU on targets under ``SMALL_AREA`` pixels, and on the others."""
+    small = np.array([m.sum() < SMALL_AREA for m in masks])
+    return float(ious[small].mean()), float(ious[~small].mean())
 
 
 def lowres_oracle(mask: np.ndarray) -> np.ndarray:
@@ -197,19 +208,10 @@ def lowres_oracle(mask: np.ndarray) -> np.ndarray:
 def lowres_ceiling(n_scenes: int = 1000, stuff_p: float = STUFF_P) -> dict[str, float]:
     """mIoU of ``lowres_oracle`` on the point-prompted held-out targets: the output resolution's
     ceiling for ``evaluate_generalist``'s point figures (all, small targets, the rest)."""
-    ious, small = [], []
-    for sc in heldout_scenes(n_scenes, stuff_p=stuff_p):
-        for m, box_only in zip(sc.targets, sc.box_only):
-            if not box_only and m.any():
-                ious.append(mask_iou(lowres_oracle(m), m))
-                small.append(m.sum() < SMALL_AREA)
-    iou, sm = np.array(ious), np.array(small)
-    return {
-        "all": float(iou.mean()),
-        "small": float(iou[sm].mean()),
-        "rest": float(iou[~sm].mean()),
-        "n": len(iou),
-    }
+    masks = [m for _, m in _scored_targets(heldout_scenes(n_scenes, stuff_p=stuff_p), with_box_only=False)]
+    ious = np.array([mask_iou(lowres_oracle(m), m) for m in masks])
+    small, rest = _small_and_rest(ious, masks)
+    return {"all": float(ious.mean()), "small": small, "rest": rest, "n": len(ious)}
 
 
 def _resume_changes(old: dict, new: dict, step: int, ckpt_path: Path) -> list[str]:
