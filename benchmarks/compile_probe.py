@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 
 import torch
@@ -26,21 +25,18 @@ from decoder_step import count_flops
 
 from specialsam.device import select_device
 from specialsam.models import get_spec, load_model
-from specialsam.train import TrainConfig, batch_logits, segmentation_loss
+from specialsam.train import TrainConfig, batch_logits, segmentation_loss, trainable_decoder
 
 LOSS_RES = 256
 
 
 def make_step(model: str, batch: int, precision: str, seed: int = 0):
     """The device, the model, a closure running one forward + backward of its decoder, and its inputs."""
-    dev = select_device("cpu" if not torch.cuda.is_available() else "auto", precision)
+    dev = select_device("auto", precision)
     sam, _ = load_model(model, random_init=True, seed=seed)
-    sam.image_encoder = None
+    sam.image_encoder = None  # never runs here
     sam = sam.to(dev.device).eval()
-    for p in sam.parameters():
-        p.requires_grad_(False)
-    for p in sam.mask_decoder.parameters():
-        p.requires_grad_(True)
+    trainable_decoder(sam)
     spec, cfg = get_spec(model), TrainConfig()
     g = torch.Generator().manual_seed(seed)
     emb = torch.randn(batch, *spec.embedding_shape, generator=g)
@@ -122,4 +118,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    main()

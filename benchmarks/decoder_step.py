@@ -58,6 +58,7 @@ from specialsam.train import (
     decoder_optimizer,
     micro_batch_size,
     segmentation_loss,
+    trainable_decoder,
 )
 
 LOW_RES = 256
@@ -143,11 +144,7 @@ class ModelBench:
         sam, _ = load_model(name, random_init=True, seed=seed)
         sam.image_encoder = None  # never runs here; frees memory (ViT-B: ~90M parameters)
         self.sam = sam.to(device).eval()
-        for p in self.sam.parameters():
-            p.requires_grad_(False)
-        self.params = list(self.sam.mask_decoder.parameters())
-        for p in self.params:
-            p.requires_grad_(True)
+        self.params = trainable_decoder(self.sam)
         self.init_state = copy.deepcopy(self.sam.mask_decoder.state_dict())
 
         n = self.n = settings.n_files

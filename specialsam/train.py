@@ -170,6 +170,18 @@ def accumulate_gradients(
     return total
 
 
+def trainable_decoder(sam: Sam) -> list[torch.nn.Parameter]:
+    """Freeze the whole model but its mask decoder; returns the decoder's parameters.
+
+    Only the decoder is fine-tuned (image encoder frozen, embeddings cached), as in the study."""
+    for p in sam.parameters():
+        p.requires_grad_(False)
+    params = list(sam.mask_decoder.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
 def decoder_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig, device: torch.device):
     """AdamW, fused where PyTorch has a fused kernel (CPU, CUDA).
 
@@ -253,11 +265,7 @@ def train_decoder(
     rng = np.random.default_rng(cfg.seed)
     sam.to(dev.device)
     sam.eval()  # encoder-side norms frozen; the decoder has no dropout/batchnorm
-    for p in sam.parameters():
-        p.requires_grad_(False)
-    for p in sam.mask_decoder.parameters():
-        p.requires_grad_(True)
-    params = [p for p in sam.mask_decoder.parameters()]
+    params = trainable_decoder(sam)
     opt = decoder_optimizer(params, cfg, dev.device)
 
     train, val = pack.split("train"), pack.split("val")
