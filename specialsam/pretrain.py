@@ -3,6 +3,7 @@
     python -m specialsam.pretrain --size s             # the shipped tiny-s (resumes if interrupted)
     python -m specialsam.pretrain --size s --steps 50  # smoke run
     python -m specialsam.pretrain --size m --eval-only # re-measure the shipped weights
+    python -m specialsam.pretrain --size s --eval-only --weights checkpoints/tiny-s-8000.pt
     python -m specialsam.pretrain --ceiling            # what 64x64 low-res logits can draw at best
 
 SAM-style training: every target of a scene is prompted by a point and by a jittered box from one
@@ -324,8 +325,27 @@ def load_shipped(name: str):
         raise UserError(
             f"no weights for {name} at {path}; run python -m specialsam.pretrain --size {name[-1]}"
         )
+    return load_weights(name, path)
+
+
+def load_weights(name: str, path: Path):
+    """A tiny generalist from a weights file (shipped or a custom run's), checked key by key.
+
+    Why: a custom run (more steps, another seed) is judged by the same held-out scenes as the
+    shipped weights, so ``--eval-only --weights`` must load it exactly, or say why it cannot.
+    """
+    if not path.is_file():
+        raise UserError(f"--weights {path}: no such file; give the .pt that pretrain wrote with --out")
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as exc:  # corrupt or not a torch file: say so in one line
+        raise UserError(f"--weights {path}: not a readable torch state dict ({type(exc).__name__})") from None
     sam = build_tiny_sam(name)
-    sam.load_state_dict(torch.load(path, weights_only=True))
+    try:
+        sam.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0][:160]
+        raise UserError(f"--weights {path} does not fit {name} ({first}); is --size right?") from None
     return sam.eval()
 
 
@@ -353,6 +373,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--checkpoint-minutes", type=float, default=3.0)
     ap.add_argument("--stop-after", type=int, help="stop after this many steps (resume later)")
     ap.add_argument("--eval-only", action="store_true", help="measure the shipped weights and exit")
+    ap.add_argument(
+        "--weights", type=Path, help="with --eval-only: measure this weights file instead of the shipped one"
+    )
     ap.add_argument("--eval-scenes", type=int, default=1000)
     ap.add_argument(
         "--ceiling",
@@ -366,8 +389,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.ceiling:
         print(json.dumps({"lowres_ceiling": lowres_ceiling(args.eval_scenes)}, indent=2))
         return
+    if args.weights and not args.eval_only:
+        raise UserError("--weights only works with --eval-only; to resume training, use --checkpoint")
     if args.eval_only:
-        res = evaluate_generalist(load_shipped(name), args.eval_scenes)
+        sam = load_weights(name, args.weights) if args.weights else load_shipped(name)
+        res = evaluate_generalist(sam, args.eval_scenes)
         print(json.dumps({name: res}, indent=2))
         return
     steps = args.steps or shipped.steps

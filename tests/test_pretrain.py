@@ -79,6 +79,28 @@ def test_cli_smoke_path(tmp_path, capsys):
     card = json.loads((tmp_path / "w.json").read_text())
     assert card["step"] == 50 and 0 <= card["zero_shot_miou"]["center"] <= 1
     assert set(card["zero_shot_miou"]) >= {"center", "box", "random3"}
+    # --eval-only --weights measures that file, not the shipped one: it reproduces the card
+    capsys.readouterr()
+    main(["--size", "s", "--eval-only", "--weights", str(tmp_path / "w.pt"), "--eval-scenes", "20"])
+    measured = json.loads(capsys.readouterr().out)["tiny-s"]
+    assert measured == card["zero_shot_miou"]
+    shipped = json.loads((WEIGHTS_DIR / "tiny-s.json").read_text())["zero_shot_miou"]["center"]
+    assert measured["center"] < shipped - 0.1  # 50 steps are far from the shipped run
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["--size", "s", "--eval-only", "--weights", str(WEIGHTS_DIR / "tiny-m.pt")], "does not fit tiny-s"),
+        (["--size", "s", "--eval-only", "--weights", "no/such.pt"], "no such file"),
+        (["--size", "s", "--weights", str(WEIGHTS_DIR / "tiny-s.pt")], "only works with --eval-only"),
+    ],
+)
+def test_eval_only_weights_errors_are_one_line(argv, says, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and says in err and err.count("\n") == 1, err
 
 
 def test_scenes_are_pure_functions_of_their_seed():
@@ -151,3 +173,12 @@ def test_stage_two_can_be_added_on_resume_but_never_rewrites_the_past(tmp_path):
     out = pretrain(PretrainConfig(**base, steps=6, stuff_from=3), tmp_path / "x.pt", None, log_every=100)
     assert out["step"] == 6
     assert any("stage 2" in n for n in out["notes"]) and any("steps changed" in n for n in out["notes"])
+
+
+def test_eval_only_rejects_a_corrupt_weights_file(tmp_path, capsys):
+    bad = tmp_path / "half-written.pt"
+    bad.write_bytes(b"not a torch file")
+    with pytest.raises(SystemExit) as exc:
+        main(["--size", "s", "--eval-only", "--weights", str(bad)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "not a readable torch state dict" in err and str(bad) in err
