@@ -43,7 +43,7 @@ from specialsam import checkpoints as ckpt
 from specialsam.errors import UserError, cli_errors
 from specialsam.modeling.tiny import TINY_CONFIGS, build_tiny_sam
 
-# The shipped tiny weights; the same folder specialsam.pretrain writes to (its WEIGHTS_DIR).
+# The shipped tiny weights; specialsam.pretrain imports this folder and writes its weights here.
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 CHECKPOINTS_ENV = "SPECIALSAM_CHECKPOINTS"
 PIXEL_MEAN = (123.675, 116.28, 103.53)

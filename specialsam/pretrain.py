@@ -34,10 +34,10 @@ from specialsam.inference import encode, predict_masks
 from specialsam.metrics import iou as mask_iou
 from specialsam.modeling.batched import decode_batched
 from specialsam.modeling.tiny import build_tiny_sam, count_parameters
+from specialsam.models import WEIGHTS_DIR, load_model
 from specialsam.prompts import Prompt, make_prompt, training_prompt
 from specialsam.scenes import STUFF_P, Scene, heldout_scenes, make_scene
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
 LOSS_RES = 128
 
 
@@ -318,37 +318,6 @@ def pretrain(
     return summary
 
 
-def load_shipped(name: str):
-    """The committed weights of a tiny generalist, loaded with weights_only=True."""
-    path = WEIGHTS_DIR / f"{name}.pt"
-    if not path.exists():
-        raise UserError(
-            f"no weights for {name} at {path}; run python -m specialsam.pretrain --size {name[-1]}"
-        )
-    return load_weights(name, path)
-
-
-def load_weights(name: str, path: Path):
-    """A tiny generalist from a weights file (shipped or a custom run's), checked key by key.
-
-    Why: a custom run (more steps, another seed) is judged by the same held-out scenes as the
-    shipped weights, so ``--eval-only --weights`` must load it exactly, or say why it cannot.
-    """
-    if not path.is_file():
-        raise UserError(f"--weights {path}: no such file; give the .pt that pretrain wrote with --out")
-    try:
-        state = torch.load(path, weights_only=True)
-    except Exception as exc:  # corrupt or not a torch file: say so in one line
-        raise UserError(f"--weights {path}: not a readable torch state dict ({type(exc).__name__})") from None
-    sam = build_tiny_sam(name)
-    try:
-        sam.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[0][:160]
-        raise UserError(f"--weights {path} does not fit {name} ({first}); is --size right?") from None
-    return sam.eval()
-
-
 @cli_errors
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -392,7 +361,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.weights and not args.eval_only:
         raise UserError("--weights only works with --eval-only; to resume training, use --checkpoint")
     if args.eval_only:
-        sam = load_weights(name, args.weights) if args.weights else load_shipped(name)
+        # the registry's loader: the shipped weights, or any file checked key by key (no record kept)
+        sam, _ = load_model(name, checkpoint=args.weights, allow_unverified=args.weights is not None)
         res = evaluate_generalist(sam, args.eval_scenes)
         print(json.dumps({name: res}, indent=2))
         return

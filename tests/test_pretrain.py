@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from specialsam.models import WEIGHTS_DIR, load_model
 from specialsam.pretrain import (
     SMALL_AREA,
-    WEIGHTS_DIR,
     PretrainConfig,
     batch_scenes,
     evaluate_generalist,
-    load_shipped,
     lowres_ceiling,
     lowres_oracle,
     main,
@@ -91,8 +90,11 @@ def test_cli_smoke_path(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, says",
     [
-        (["--size", "s", "--eval-only", "--weights", str(WEIGHTS_DIR / "tiny-m.pt")], "does not fit tiny-s"),
-        (["--size", "s", "--eval-only", "--weights", "no/such.pt"], "no such file"),
+        (
+            ["--size", "s", "--eval-only", "--weights", str(WEIGHTS_DIR / "tiny-m.pt")],
+            "is not a tiny-s checkpoint",
+        ),
+        (["--size", "s", "--eval-only", "--weights", "no/such.pt"], "no/such.pt does not exist"),
         (["--size", "s", "--weights", str(WEIGHTS_DIR / "tiny-s.pt")], "only works with --eval-only"),
     ],
 )
@@ -113,7 +115,7 @@ def test_scenes_are_pure_functions_of_their_seed():
 @pytest.mark.parametrize("name", ["tiny-s", "tiny-m"])
 def test_shipped_weights_reach_their_card(name):
     card = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
-    sam = load_shipped(name)
+    sam, _ = load_model(name)
     res = evaluate_generalist(sam, n_scenes=120, strategies=("center",), stage1=False)
     got = res["center"]
     assert got >= card["zero_shot_miou"]["center"] - 0.05, (got, card["zero_shot_miou"])
@@ -181,4 +183,4 @@ def test_eval_only_rejects_a_corrupt_weights_file(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--size", "s", "--eval-only", "--weights", str(bad)])
     err = capsys.readouterr().err
-    assert exc.value.code == 2 and "not a readable torch state dict" in err and str(bad) in err
+    assert exc.value.code == 2 and f"{bad} is not a PyTorch checkpoint" in err
