@@ -278,6 +278,9 @@ def random_model(name: str, seed: int = 0) -> nn.Module:
 
 
 def _how_to_get(spec: ModelSpec, folder: str) -> str:
+    if spec.shipped:  # ours: made by pretraining, never downloaded (there is no URL)
+        size = spec.name.removeprefix("tiny-")
+        return f"make it with `python -m specialsam.pretrain --size {size} --out {folder}/{spec.filename}`"
     return f"get it with `python -m specialsam.models download {spec.name} --dir {folder}` or from {spec.url}"
 
 

@@ -234,6 +234,11 @@ def test_missing_checkpoint_says_where_it_looked_and_how_to_get_it(tmp_path, mon
     (tmp_path / "medsam_vit_b.pth").write_bytes(b"x")
     assert "medsam_vit_b.pth" in error_of(load_model, "vit_b", checkpoint_dir=tmp_path)
 
+    # a tiny model asked for in a folder: it is made by pretraining, not downloaded from a URL
+    msg = error_of(load_model, "tiny-m", checkpoint=tmp_path)
+    assert f"python -m specialsam.pretrain --size m --out {tmp_path}/tiny-m.pt" in msg
+    assert "download" not in msg and "None" not in msg
+
     msg = error_of(load_model, "vit_l")  # nothing configured at all
     assert CHECKPOINTS_ENV in msg and "--checkpoint-dir" in msg and "sam_vit_l_0b3195.pth" in msg
 
