@@ -5,6 +5,8 @@
 Loads the task (procedural stand-in when no --data-root), fills the embedding cache, scores the
 pretrained decoder (baseline), fine-tunes the decoder, scores it again, and prints baseline and
 specialised mIoU per prompt strategy with a bootstrap 95% CI of the gain over test images.
+``--baseline-only`` encodes the test sets alone and prints the zero-shot mIoU the baseline rule
+reads (e.g. to check a task, or new tiny weights, against the 75% threshold in about a minute).
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from specialsam.config import parse_override
+from specialsam.config import RuleSettings, parse_override
 from specialsam.device import DeviceChoice, select_device
 from specialsam.embeddings import EmbeddingCache, default_cache_dir
 from specialsam.errors import UserError, cli_errors
 from specialsam.evaluate import Scores, bootstrap_ci, score_split
 from specialsam.models import MODEL_NAMES, load_model
-from specialsam.pack import Pack, PackSettings, build_pack, model_identity
+from specialsam.pack import EXTRA_PREFIX, Pack, PackSettings, build_pack, model_identity
 from specialsam.prompts import STRATEGIES
 from specialsam.scenes import retention_samples
 from specialsam.tasks import TASKS, load_task
@@ -50,9 +52,14 @@ def prepare_pack(
     allow_unverified: bool = False,
     retention: int = 200,
     random_init: bool = False,
+    test_only: bool = False,
 ):
-    """Driver-side preparation: task samples + model -> encoded cache + pack folder."""
+    """Driver-side preparation: task samples + model -> encoded cache + pack folder.
+
+    ``test_only`` encodes the test sets alone (no train/val): all a zero-shot baseline needs."""
     task = load_task(task_name, data_root, data_options, seed)
+    if test_only:
+        task.train, task.val = [], []
     for line in task.notes:
         print(f"note: {line}", file=sys.stderr)
     sam, info = load_model(
@@ -110,6 +117,42 @@ def format_table(outcome: TrialOutcome) -> str:
     return "\n".join(rows)
 
 
+def baseline_scores(
+    sam, pack: Pack, strategies, dev: DeviceChoice, mask_selection: str = "single"
+) -> dict[str, dict[str, Scores]]:
+    """Zero-shot scores of the pretrained decoder per test set: the figure the baseline rule reads,
+    without training anything. Test gets every strategy; the extra test sets (the other wood mode,
+    camouflage transfer sets) carry the primary strategy's prompts only, as in a sweep."""
+    out = {"test": score_split(sam, pack.split("test"), strategies, mask_selection, dev=dev)}
+    for name in pack.extra_tests:
+        split = pack.split(EXTRA_PREFIX + name)
+        out[EXTRA_PREFIX + name] = score_split(
+            sam, split, [pack.manifest["primary"]], mask_selection, dev=dev
+        )
+    return out
+
+
+def format_baseline(scores: dict[str, dict[str, Scores]], threshold: float) -> str:
+    """The baseline table (a column per test set, images scored in brackets) and the rule's reading."""
+    heads = [
+        f"{n.removeprefix(EXTRA_PREFIX)} ({len(next(iter(s.values())).per_image_iou)})"
+        for n, s in scores.items()
+    ]
+    width = max(12, *(len(h) + 2 for h in heads))
+    rows = [f"{'prompt':<10}" + "".join(f"{h:>{width}}" for h in heads)]
+    strategies = list(scores["test"])
+    for strat in strategies:
+        cells = (f"{s[strat].miou:.4f}" if strat in s else "-" for s in scores.values())
+        rows.append(f"{strat:<10}" + "".join(f"{c:>{width}}" for c in cells))
+    first = scores["test"][strategies[0]].miou
+    verdict = "predicts fine-tuning helps" if first < threshold else "predicts fine-tuning does not help"
+    rows.append(
+        f"\nbaseline rule (fine-tune only below {threshold:.2f} mIoU): test {strategies[0]} {first:.4f} "
+        f"-> the rule {verdict}; a sweep tests whether it does"
+    )
+    return "\n".join(rows)
+
+
 @cli_errors
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -155,6 +198,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--baseline-only",
+        action="store_true",
+        help="score the pretrained decoder on the test sets and stop (no training): "
+        "what the baseline rule reads, in about a minute",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     strategies = [s for s in args.strategies.split(",") if s]
@@ -195,14 +244,24 @@ def main(argv: list[str] | None = None) -> None:
         args.checkpoint_dir,
         args.checkpoint,
         args.allow_unverified,
+        retention=0 if args.baseline_only else 200,
+        test_only=args.baseline_only,
     )
+    dec = dev.for_decoder(sam.mask_decoder.transformer_dim)  # what training will actually use
+    print(f"{task.summary()}; model {args.model} ({info.checkpoint}); device {dec.device} {dec.precision}")
+    if args.baseline_only:
+        print(
+            f"\n{args.task} [{task.data}] zero-shot (baseline) mIoU, {args.mask_selection}-mask output, "
+            "scored at original resolution; test images in brackets"
+        )
+        scores = baseline_scores(sam, pack, strategies, dev, args.mask_selection)
+        print(format_baseline(scores, RuleSettings().threshold))
+        return
     if cfg.n_train > pack.n_train_pool:
         raise UserError(
             f"--n-train {cfg.n_train} is larger than the {pack.n_train_pool} training samples "
             f"available for {args.task}"
         )
-    dec = dev.for_decoder(sam.mask_decoder.transformer_dim)  # what training will actually use
-    print(f"{task.summary()}; model {args.model} ({info.checkpoint}); device {dec.device} {dec.precision}")
     outcome = run_trial(sam, pack, cfg, strategies, dev, args.mask_selection)
     r = outcome.train
     print(
