@@ -149,9 +149,9 @@ class EmbeddingCache:
         """Keys for all images, running the encoder only on those not cached yet."""
         keys = [identity.key(h) for h in image_hashes]
         todo = sorted({k: i for i, k in enumerate(keys) if not self.has(k, verify)}.items())
-        bar = tqdm(
-            total=len(todo), desc=f"{desc} ({identity.name})", unit="img", disable=not progress or not todo
-        )
+        # an explicit disable=False would override the user's TQDM_DISABLE, so pass only True
+        off = {"disable": True} if not progress or not todo else {}
+        bar = tqdm(total=len(todo), desc=f"{desc} ({identity.name})", unit="img", **off)
         for s in range(0, len(todo), batch_size):
             chunk = todo[s : s + batch_size]
             with torch.no_grad():

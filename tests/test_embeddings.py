@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -155,3 +159,25 @@ def test_mask_rows_read_exactly_what_numpy_saved(tmp_path):
         np.testing.assert_array_equal(rows[i], arr[i])
     with pytest.raises(IndexError):
         rows[7]
+
+
+@pytest.mark.parametrize("env", ["", "1"])
+def test_progress_bar_respects_tqdm_disable(tmp_path, env):
+    """The encoding bar shows by default and yields to the user's TQDM_DISABLE (quiet logs). tqdm
+    reads TQDM_* when it is imported, hence a fresh process."""
+    code = textwrap.dedent(f"""
+        import numpy as np
+        from specialsam.embeddings import EmbeddingCache, ModelIdentity, preprocessing_id
+        from specialsam.modeling.tiny import build_tiny_sam
+        sam = build_tiny_sam("tiny-s").eval()
+        ident = ModelIdentity("tiny-s", "x", preprocessing_id(sam))
+        EmbeddingCache({str(tmp_path)!r}).precompute(sam, ident, [np.zeros((32, 32, 3), np.uint8)], ["h0"])
+    """)
+    env_vars = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"} | (
+        {"TQDM_DISABLE": env} if env else {}
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env_vars, timeout=120
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert ("encoding" in run.stderr) == (not env)
