@@ -442,10 +442,15 @@ class BaselineRuleReport:
         return next((c for c in self.cells if c.model == model and c.prompt == prompt), None)
 
 
+def predicted_outcome(baseline: float, threshold: float) -> str:
+    """What the baseline rule predicts for a zero-shot mIoU: "gain" strictly below the threshold."""
+    return "gain" if baseline < threshold else "no gain"
+
+
 def _cell_verdict(
     baseline: float, gain: GainCI | None, threshold: float
 ) -> tuple[str, str, bool | None, str]:
-    predicted = "gain" if baseline < threshold else "no gain"
+    predicted = predicted_outcome(baseline, threshold)
     if gain is None:
         return predicted, "no trials", None, INCONCLUSIVE
     observed = gain.observed

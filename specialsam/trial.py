@@ -26,6 +26,7 @@ from specialsam.evaluate import Scores, bootstrap_ci, score_split
 from specialsam.models import MODEL_NAMES, load_model
 from specialsam.pack import EXTRA_PREFIX, Pack, PackSettings, build_pack, model_identity
 from specialsam.prompts import STRATEGIES
+from specialsam.rules import predicted_outcome
 from specialsam.scenes import retention_samples
 from specialsam.tasks import TASKS, load_task
 from specialsam.train import TrainConfig, TrainResult, train_decoder
@@ -145,7 +146,8 @@ def format_baseline(scores: dict[str, dict[str, Scores]], threshold: float) -> s
         cells = (f"{s[strat].miou:.4f}" if strat in s else "-" for s in scores.values())
         rows.append(f"{strat:<10}" + "".join(f"{c:>{width}}" for c in cells))
     first = scores["test"][strategies[0]].miou
-    verdict = "predicts fine-tuning helps" if first < threshold else "predicts fine-tuning does not help"
+    helps = predicted_outcome(first, threshold) == "gain"
+    verdict = "predicts fine-tuning helps" if helps else "predicts fine-tuning does not help"
     rows.append(
         f"\nbaseline rule (fine-tune only below {threshold:.2f} mIoU): test {strategies[0]} {first:.4f} "
         f"-> the rule {verdict}; a sweep tests whether it does"
@@ -247,6 +249,11 @@ def main(argv: list[str] | None = None) -> None:
         retention=0 if args.baseline_only else 200,
         test_only=args.baseline_only,
     )
+    if not args.baseline_only and cfg.n_train > pack.n_train_pool:
+        raise UserError(
+            f"--n-train {cfg.n_train} is larger than the {pack.n_train_pool} training samples "
+            f"available for {args.task}"
+        )
     dec = dev.for_decoder(sam.mask_decoder.transformer_dim)  # what training will actually use
     print(f"{task.summary()}; model {args.model} ({info.checkpoint}); device {dec.device} {dec.precision}")
     if args.baseline_only:
@@ -257,11 +264,6 @@ def main(argv: list[str] | None = None) -> None:
         scores = baseline_scores(sam, pack, strategies, dev, args.mask_selection)
         print(format_baseline(scores, RuleSettings().threshold))
         return
-    if cfg.n_train > pack.n_train_pool:
-        raise UserError(
-            f"--n-train {cfg.n_train} is larger than the {pack.n_train_pool} training samples "
-            f"available for {args.task}"
-        )
     outcome = run_trial(sam, pack, cfg, strategies, dev, args.mask_selection)
     r = outcome.train
     print(
