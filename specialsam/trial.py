@@ -7,6 +7,8 @@ pretrained decoder (baseline), fine-tunes the decoder, scores it again, and prin
 specialised mIoU per prompt strategy with a bootstrap 95% CI of the gain over test images.
 ``--baseline-only`` encodes the test sets alone and prints the zero-shot mIoU the baseline rule
 reads (e.g. to check a task, or new tiny weights, against the 75% threshold in about a minute).
+``--config sweeps/<task>.yaml`` takes the task, data, training and scoring settings from a sweep
+config, so the figures are that sweep's (the CLI's own defaults differ, e.g. image sizes).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from specialsam.config import RuleSettings, parse_override
+from specialsam.config import RuleSettings, SweepConfig, load_config, parse_override
 from specialsam.device import DeviceChoice, select_device
 from specialsam.embeddings import EmbeddingCache, default_cache_dir
 from specialsam.errors import UserError, cli_errors
@@ -54,13 +57,23 @@ def prepare_pack(
     retention: int = 200,
     random_init: bool = False,
     test_only: bool = False,
+    max_train: int | None = None,
 ):
     """Driver-side preparation: task samples + model -> encoded cache + pack folder.
 
-    ``test_only`` encodes the test sets alone (no train/val): all a zero-shot baseline needs."""
+    ``test_only`` encodes the test sets alone (no train/val): all a zero-shot baseline needs.
+    ``max_train`` encodes only the first that many training samples, all a trial of that size
+    uses (sample i never depends on the pool size), and fails early if the pool is smaller."""
     task = load_task(task_name, data_root, data_options, seed)
     if test_only:
         task.train, task.val = [], []
+    elif max_train is not None:
+        if max_train > len(task.train):
+            raise UserError(
+                f"--n-train {max_train} is larger than the {len(task.train)} training samples "
+                f"available for {task_name}; lower it or make the pool larger (e.g. --set n_synthetic=...)"
+            )
+        task.train = task.train[:max_train]
     for line in task.notes:
         print(f"note: {line}", file=sys.stderr)
     sam, info = load_model(
@@ -155,10 +168,159 @@ def format_baseline(scores: dict[str, dict[str, Scores]], threshold: float) -> s
     return "\n".join(rows)
 
 
-@cli_errors
-def main(argv: list[str] | None = None) -> None:
+# The CLI's own defaults for the flags a sweep config can also set (argparse leaves them None,
+# so a flag given on the command line can be told apart from one --config should fill).
+DEFAULTS: dict[str, Any] = {
+    "task": "carpet",
+    "n_train": 500,
+    "epochs": 5,
+    "max_steps": 0,
+    "batch_size": 16,
+    "lr": TrainConfig.lr,
+    "bce_weight": 0.5,
+    "dice_weight": 0.5,
+    "focal_weight": 0.0,
+    "point_fraction": 0.5,
+    "flip": False,
+    "strategies": "center,box,random3",
+    "mask_selection": "single",
+    "loss_res": 256,
+    "seed": 0,
+}
+_TRAIN_ONLY = ("patience", "warmup_fraction", "weight_decay", "micro_batch")  # no flag of their own
+
+
+@dataclass
+class TrialSetup:
+    """Everything one trial runs with, after flags, --config and defaults are merged."""
+
+    task: str
+    data_root: Path | None
+    data_options: dict[str, Any]
+    seed: int
+    train: TrainConfig
+    pack: PackSettings
+    mask_selection: str
+    retention: int
+    threshold: float
+    cache_dir: Path | None
+    source: str  # the sweep config the settings came from ("" for none)
+
+
+def config_flags(cfg: SweepConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What a sweep config says for this CLI: a phase-A trial of that sweep (its search size, its
+    shared training settings, its fixed search parameters), scored the way the sweep scores.
+
+    Returns (values for the flags, TrainConfig fields that have no flag)."""
+    e = cfg.eval
+    flags: dict[str, Any] = {
+        "task": cfg.task,
+        "data_root": cfg.data_root,
+        "seed": cfg.seed,
+        "n_train": cfg.search.n_train,
+        "epochs": cfg.train.epochs,
+        "max_steps": cfg.train.max_steps,
+        "batch_size": cfg.train.batch_size,
+        "flip": cfg.train.flip,
+        "loss_res": cfg.train.loss_res,
+        "strategies": ",".join([e.primary, *(s for s in e.strategies if s != e.primary)]),
+        "mask_selection": e.mask_selection,
+        "cache_dir": cfg.storage.cache_dir,
+    }
+    train = {k: getattr(cfg.train, k) for k in _TRAIN_ONLY}
+    for name, p in cfg.search.space.items():  # searched ones keep the CLI's value
+        if p.type == "fixed":
+            (flags if name in DEFAULTS else train)[name] = p.value
+    return flags, train
+
+
+def _sweep_config(path: Path, sets: list[str]) -> SweepConfig:
+    """The config with ``--set`` applied; a bare key (``category=tile``) means ``data.<key>``."""
+    overrides = []
+    for text in sets:
+        key, _ = parse_override(text)
+        overrides.append(text.strip() if "." in key else "data." + text.strip())
+    return load_config(path, overrides)
+
+
+def resolve(args: argparse.Namespace) -> TrialSetup:
+    """Merge the command line, the sweep config (if any) and the CLI defaults, in that order."""
+    from_config: dict[str, Any] = {}
+    train_extra: dict[str, Any] = {}
+    threshold, retention, source = RuleSettings().threshold, 200, ""
+    options: dict[str, Any] = {}
+    if args.config is not None:
+        sweep = _sweep_config(args.config, args.set)
+        if args.task is not None and args.task != sweep.task:
+            raise UserError(
+                f"--task {args.task} does not match the task of {args.config} ({sweep.task}); "
+                "drop --task, the config names it"
+            )
+        from_config, train_extra = config_flags(sweep)
+        options = dict(sweep.data)
+        threshold, retention, source = sweep.rules.threshold, sweep.eval.retention_n, str(args.config)
+    else:
+        for kv in args.set:
+            k, v = parse_override(kv)
+            options[k.removeprefix("data.")] = v
+
+    def pick(name: str) -> Any:
+        given = getattr(args, name)
+        return given if given is not None else from_config.get(name, DEFAULTS.get(name))
+
+    strategies = [s for s in pick("strategies").split(",") if s]
+    bad = [s for s in strategies if s not in STRATEGIES]
+    if bad or not strategies:
+        raise UserError(
+            f"unknown prompt strategy {(bad or [''])[0]!r} in --strategies; "
+            f"choose from {', '.join(STRATEGIES)}"
+        )
+    seed = pick("seed")
+    train = TrainConfig(
+        **train_extra,
+        **{k: pick(k) for k in ("lr", "bce_weight", "dice_weight", "focal_weight", "point_fraction")},
+        **{k: pick(k) for k in ("n_train", "epochs", "max_steps", "batch_size")},
+        seed=seed,
+    )
+    train.validate()
+    data_root, cache_dir = pick("data_root"), pick("cache_dir")
+    return TrialSetup(
+        task=pick("task"),
+        data_root=Path(data_root) if data_root else None,
+        data_options=options,
+        seed=seed,
+        train=train,
+        pack=PackSettings(
+            loss_res=pick("loss_res"),
+            flip=bool(pick("flip")),
+            strategies=tuple(strategies),
+            primary=strategies[0],
+        ),
+        mask_selection=pick("mask_selection"),
+        retention=0 if args.baseline_only else retention,
+        threshold=threshold,
+        cache_dir=Path(cache_dir) if cache_dir else None,
+        source=source,
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", default="carpet", help=f"one of {', '.join(TASKS)}")
+    d = DEFAULTS
+
+    def flag(name: str, **kw: Any) -> None:
+        dest = name.removeprefix("--").replace("-", "_")
+        kw["help"] = (kw.get("help", "") + f" (default: {d[dest]})").strip()
+        ap.add_argument(name, default=None, **kw)
+
+    ap.add_argument(
+        "--config",
+        type=Path,
+        help="take task, data, training and scoring settings from a sweep config (e.g. "
+        "sweeps/carpet.yaml), so the figures are that sweep's; flags given here still win, "
+        "and --set takes any config key (a bare key means data.<key>)",
+    )
+    flag("--task", help=f"one of {', '.join(TASKS)}")
     ap.add_argument("--model", default="tiny-m", help=f"one of {', '.join(MODEL_NAMES)}")
     ap.add_argument("--data-root", type=Path, help="real dataset root (default: procedural stand-in)")
     ap.add_argument(
@@ -178,26 +340,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--cache-dir", type=Path, help="embedding cache (default: $SPECIALSAM_CACHE or ~/.cache/specialsam)"
     )
-    ap.add_argument("--n-train", type=int, default=500)
-    ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--max-steps", type=int, default=0)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=TrainConfig.lr)
-    ap.add_argument("--bce-weight", type=float, default=0.5)
-    ap.add_argument("--dice-weight", type=float, default=0.5)
-    ap.add_argument("--focal-weight", type=float, default=0.0)
-    ap.add_argument("--point-fraction", type=float, default=0.5)
-    ap.add_argument("--flip", action="store_true", help="add horizontally flipped training samples")
-    ap.add_argument(
-        "--strategies",
-        default="center,box,random3",
-        help=f"evaluation prompt strategies, from {', '.join(STRATEGIES)}",
-    )
-    ap.add_argument("--mask-selection", choices=["single", "best_iou"], default="single")
-    ap.add_argument(
-        "--loss-res", type=int, default=256, help="loss resolution (0: the model's full input size)"
-    )
-    ap.add_argument("--seed", type=int, default=0)
+    flag("--n-train", type=int)
+    flag("--epochs", type=int)
+    flag("--max-steps", type=int)
+    flag("--batch-size", type=int)
+    flag("--lr", type=float)
+    flag("--bce-weight", type=float)
+    flag("--dice-weight", type=float)
+    flag("--focal-weight", type=float)
+    flag("--point-fraction", type=float)
+    flag("--flip", action="store_true", help="add horizontally flipped training samples")
+    flag("--strategies", help=f"evaluation prompt strategies, from {', '.join(STRATEGIES)}")
+    flag("--mask-selection", choices=["single", "best_iou"])
+    flag("--loss-res", type=int, help="loss resolution (0: the model's full input size)")
+    flag("--seed", type=int)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
@@ -206,72 +362,51 @@ def main(argv: list[str] | None = None) -> None:
         help="score the pretrained decoder on the test sets and stop (no training): "
         "what the baseline rule reads, in about a minute",
     )
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    strategies = [s for s in args.strategies.split(",") if s]
-    bad = [s for s in strategies if s not in STRATEGIES]
-    if bad:
-        raise UserError(
-            f"unknown prompt strategy {bad[0]!r} in --strategies; choose from {', '.join(STRATEGIES)}"
-        )
-    options: dict = {}
-    for kv in args.set:
-        k, v = parse_override(kv)
-        options[k.removeprefix("data.")] = v
-    cfg = TrainConfig(
-        lr=args.lr,
-        bce_weight=args.bce_weight,
-        dice_weight=args.dice_weight,
-        focal_weight=args.focal_weight,
-        point_fraction=args.point_fraction,
-        n_train=args.n_train,
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        seed=args.seed,
-    )
-    cfg.validate()
+    setup = resolve(args)
+    cfg, strategies = setup.train, list(setup.pack.strategies)
     dev = select_device(args.device)
-    settings = PackSettings(
-        loss_res=args.loss_res, flip=args.flip, strategies=tuple(strategies), primary=strategies[0]
-    )
     task, sam, info, pack = prepare_pack(
-        args.task,
+        setup.task,
         args.model,
-        args.data_root,
-        options,
-        args.seed,
-        settings,
-        args.cache_dir,
+        setup.data_root,
+        setup.data_options,
+        setup.seed,
+        setup.pack,
+        setup.cache_dir,
         args.checkpoint_dir,
         args.checkpoint,
         args.allow_unverified,
-        retention=0 if args.baseline_only else 200,
+        retention=setup.retention,
         test_only=args.baseline_only,
+        max_train=cfg.n_train,
     )
-    if not args.baseline_only and cfg.n_train > pack.n_train_pool:
-        raise UserError(
-            f"--n-train {cfg.n_train} is larger than the {pack.n_train_pool} training samples "
-            f"available for {args.task}"
-        )
     dec = dev.for_decoder(sam.mask_decoder.transformer_dim)  # what training will actually use
     print(f"{task.summary()}; model {args.model} ({info.checkpoint}); device {dec.device} {dec.precision}")
+    if args.config is not None:
+        print(f"settings from {setup.source} (a phase-A trial of that sweep); flags given here override")
     if args.baseline_only:
         print(
-            f"\n{args.task} [{task.data}] zero-shot (baseline) mIoU, {args.mask_selection}-mask output, "
+            f"\n{setup.task} [{task.data}] zero-shot (baseline) mIoU, {setup.mask_selection}-mask output, "
             "scored at original resolution; test images in brackets"
         )
-        scores = baseline_scores(sam, pack, strategies, dev, args.mask_selection)
-        print(format_baseline(scores, RuleSettings().threshold))
+        scores = baseline_scores(sam, pack, strategies, dev, setup.mask_selection)
+        print(format_baseline(scores, setup.threshold))
         return
-    outcome = run_trial(sam, pack, cfg, strategies, dev, args.mask_selection)
+    outcome = run_trial(sam, pack, cfg, strategies, dev, setup.mask_selection)
     r = outcome.train
     print(
         f"trained {r.steps} steps ({r.samples_seen} samples) in {r.seconds:.1f}s; best epoch {r.best_epoch} "
         f"val mIoU {r.best_val_miou:.4f}; health {r.health_tag}"
     )
     print(
-        f"\n{args.task} [{task.data}] test mIoU, {args.mask_selection}-mask output, "
+        f"\n{setup.task} [{task.data}] test mIoU, {setup.mask_selection}-mask output, "
         "scored at original resolution"
     )
     print(format_table(outcome))
