@@ -373,7 +373,13 @@ def main(argv: list[str] | None = None) -> None:
         batch=args.batch,
         lr=args.lr or shipped.lr,
         seed=args.seed,
-        stuff_from=int(STUFF_SHARE * steps) if args.stuff_from is None else args.stuff_from,
+        stuff_from=(
+            args.stuff_from
+            if args.stuff_from is not None
+            else shipped.stuff_from
+            if args.steps is None
+            else int(STUFF_SHARE * steps)
+        ),
     )
     is_shipped = asdict(cfg) == asdict(shipped)
     ckpt = args.checkpoint or Path("checkpoints") / f"pretrain-{name}{'' if is_shipped else '-custom'}.pt"
@@ -405,9 +411,9 @@ LOWRES_FACTOR = 4
 """SAM's decoder draws masks at a quarter of the input side (64 x 64 for the 256-px tiny models)."""
 STUFF_SHARE = 0.8
 """Default start of stage 2, as a share of the steps: the last fifth also sees stuff regions."""
-SHIPPED = {
-    "s": PretrainConfig(size="s", steps=3000, lr=2e-3, stuff_from=2400),
-    "m": PretrainConfig(size="m", steps=4000, lr=1.5e-3, stuff_from=3200),
+SHIPPED = {  # the shipped weights' final settings; they were trained as a chain of resumes (card)
+    "s": PretrainConfig(size="s", steps=12000, lr=2e-3, stuff_from=2400),
+    "m": PretrainConfig(size="m", steps=16000, lr=1.5e-3, stuff_from=3200),
 }
 
 if __name__ == "__main__":
