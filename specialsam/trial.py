@@ -187,7 +187,6 @@ DEFAULTS: dict[str, Any] = {
     "loss_res": 256,
     "seed": 0,
 }
-_TRAIN_ONLY = ("patience", "warmup_fraction", "weight_decay", "micro_batch")  # no flag of their own
 
 
 @dataclass
@@ -227,7 +226,13 @@ def config_flags(cfg: SweepConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         "mask_selection": e.mask_selection,
         "cache_dir": cfg.storage.cache_dir,
     }
-    train = {k: getattr(cfg.train, k) for k in _TRAIN_ONLY}
+    # the shared training settings without a flag of their own (patience, warmup, ...), picked the
+    # way sweep.trainable picks them, so a new TrainSettings field reaches trials here too
+    train = {
+        k: v
+        for k, v in cfg.train.model_dump().items()
+        if k in TrainConfig.__dataclass_fields__ and k not in DEFAULTS
+    }
     for name, p in cfg.search.space.items():  # searched ones keep the CLI's value
         if p.type == "fixed":
             (flags if name in DEFAULTS else train)[name] = p.value
