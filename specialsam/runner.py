@@ -129,12 +129,11 @@ def prepare(cfg: SweepConfig, opts: RunOptions):
     """Load and check everything user-controlled; no side effects beyond reading."""
     task = load_task(cfg.task, cfg.data_root, cfg.data, cfg.seed)
     max_n = max([*cfg.curve.n_train, cfg.search.n_train])
-    if max_n > len(task.train):
-        raise UserError(
-            f"n_train {max_n} is larger than the {len(task.train)} training samples available for "
-            f"{cfg.task}; lower curve.n_train / search.n_train or provide more data (e.g. data.n_synthetic)"
-        )
-    task.train = task.train[:max_n]  # the pack encodes only what the grid can use
+    task.keep_first_train(
+        max_n,
+        "n_train",
+        "lower curve.n_train / search.n_train or provide more data (e.g. data.n_synthetic)",
+    )
     models = {}
     for name in cfg.models:
         models[name] = load_model(

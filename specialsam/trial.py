@@ -68,12 +68,11 @@ def prepare_pack(
     if test_only:
         task.train, task.val = [], []
     elif max_train is not None:
-        if max_train > len(task.train):
-            raise UserError(
-                f"--n-train {max_train} is larger than the {len(task.train)} training samples "
-                f"available for {task_name}; lower it or make the pool larger (e.g. --set n_synthetic=...)"
-            )
-        task.train = task.train[:max_train]
+        task.keep_first_train(
+            max_train,
+            "--n-train",
+            "lower it or make the pool larger (e.g. --set n_synthetic=...)",
+        )
     for line in task.notes:
         print(f"note: {line}", file=sys.stderr)
     sam, info = load_model(

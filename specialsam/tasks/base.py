@@ -14,6 +14,8 @@ from typing import Literal
 
 import numpy as np
 
+from specialsam.errors import UserError
+
 DataKind = Literal["real", "procedural"]
 
 
@@ -57,3 +59,14 @@ class TaskData:
             f"{self.name} ({self.data}): train {len(self.train)}, val {len(self.val)}, "
             f"test {len(self.test)} from {self.source}"
         )
+
+    def keep_first_train(self, n: int, setting: str, remedy: str) -> None:
+        """Cut the training pool to its first ``n`` samples, all a run of size <= n can use (sample
+        i never depends on the pool size), so nothing beyond them is encoded; a pool smaller than
+        ``n`` fails here, before any encoding. ``setting`` names what asked for ``n``."""
+        if n > len(self.train):
+            raise UserError(
+                f"{setting} {n} is larger than the {len(self.train)} training samples available "
+                f"for {self.name}; {remedy}"
+            )
+        self.train = self.train[:n]
