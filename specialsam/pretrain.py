@@ -260,6 +260,7 @@ def pretrain(
     opt = torch.optim.AdamW(sam.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, elapsed = 0, 0.0
     notes: list[str] = []
+    threads: list[int] = []  # torch thread counts of the run's segments, so the card can say
     if ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=True)
         old, notes = state["config"], list(state.get("notes", []))
@@ -268,10 +269,18 @@ def pretrain(
         for note in _resume_changes(old, asdict(cfg), int(state["step"]), ckpt_path):
             print(f"resuming with {note}", flush=True)
             notes.append(note)
+        threads = list(state.get("threads", []))
+        now = torch.get_num_threads()
+        if threads and threads[-1] != now:
+            note = f"torch threads changed from {threads[-1]} to {now} at step {state['step']}"
+            print(f"resuming with {note}", flush=True)
+            notes.append(note)
         sam.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, elapsed = int(state["step"]), float(state["elapsed"])
         print(f"resuming {cfg.name} at step {step}/{cfg.steps} from {ckpt_path}", flush=True)
+    if not threads or threads[-1] != torch.get_num_threads():
+        threads.append(torch.get_num_threads())
     sam.train()
     t0, last_ckpt, ema = time.time() - elapsed, time.time(), None
     end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
@@ -285,6 +294,7 @@ def pretrain(
                 "elapsed": time.time() - t0,
                 "config": asdict(cfg),
                 "notes": notes,
+                "threads": threads,
             },
             ckpt_path,
         )
@@ -311,6 +321,7 @@ def pretrain(
         "params": count_parameters(sam),
         "train_seconds": round(time.time() - t0, 1),
         "notes": notes,
+        "threads": threads,
     }
     if step >= cfg.steps and out_path is not None:
         _save_atomic({k: v.clone() for k, v in sam.state_dict().items()}, out_path)
@@ -397,7 +408,8 @@ def main(argv: list[str] | None = None) -> None:
         n_eval = args.eval_scenes if is_shipped else min(args.eval_scenes, 100)
         summary["zero_shot_miou"] = evaluate_generalist(sam, n_eval)
         summary["eval_scenes"] = n_eval
-    summary["machine"] = f"{platform.processor() or platform.machine()}, {args.threads} torch thread(s)"
+    counts = " then ".join(str(n) for n in summary.pop("threads"))  # e.g. "1 then 2" after a resume
+    summary["machine"] = f"{platform.processor() or platform.machine()}, {counts} torch thread(s)"
     summary["python"] = sys.version.split()[0]
     summary["torch"] = torch.__version__
     card = out.with_suffix(".json")

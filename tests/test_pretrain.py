@@ -184,3 +184,19 @@ def test_eval_only_rejects_a_corrupt_weights_file(tmp_path, capsys):
         main(["--size", "s", "--eval-only", "--weights", str(bad)])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and f"{bad} is not a PyTorch checkpoint" in err
+
+
+def test_a_resume_on_another_thread_count_is_recorded_for_the_card(tmp_path):
+    """The card's machine line must not claim the last segment's thread count for the whole run."""
+    cfg = PretrainConfig(size="s", steps=3, batch=2, targets_per_image=1, warmup=1, stuff_from=3)
+    before = torch.get_num_threads()
+    try:
+        first = pretrain(cfg, tmp_path / "x.pt", None, stop_after=1, log_every=100)
+        assert first["threads"] == [before] and first["notes"] == []
+        torch.set_num_threads(before + 1)
+        out = pretrain(cfg, tmp_path / "x.pt", None, log_every=100)
+    finally:
+        torch.set_num_threads(before)
+    assert out["step"] == 3
+    assert out["threads"] == [before, before + 1]
+    assert out["notes"] == [f"torch threads changed from {before} to {before + 1} at step 1"]
