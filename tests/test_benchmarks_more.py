@@ -167,3 +167,27 @@ def test_compile_probe_step_trains_the_decoder_eagerly():
     transformer = list(sam.mask_decoder.transformer.parameters())  # on the single-mask path
     assert all(p.grad is not None for p in transformer)
     assert sum(float(p.grad.abs().sum()) for p in transformer) > 0
+
+
+def test_flop_ceiling_replays_every_flop_carrying_op_of_the_step(tmp_path):
+    """The ceiling is only an upper bound if the replay covers all the step's FLOPs, in the
+    step's own shapes: the replayed total must equal FlopCounterMode's count of the real step."""
+    out = tmp_path / "ceiling.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "flop_ceiling.py"), "--model", "tiny-s", "--batch", "3",
+         "--repeats", "2", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["step_gflop"] > 0 and math.isclose(r["replayed_gflop"], r["step_gflop"], rel_tol=1e-9)
+    ops = r["ops"]
+    assert {"aten.mm.default", "aten.convolution_backward.default"} <= {o["op"] for o in ops}
+    assert sum(o["count"] for o in ops) > len(ops)  # repeated shapes are grouped, not lost
+    assert all(_pos(o["seconds"]) for o in ops)
+    assert 0 < r["flop_ops_s"] < r["step_s"]  # the FLOP-carrying ops alone are part of the step
+    assert r["ceiling_peak_share"] > r["step_peak_share"] > 0
+    assert "ceiling" in proc.stdout
