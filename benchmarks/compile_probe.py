@@ -68,15 +68,21 @@ def time_step(fn, inputs, device: torch.device, repeats: int) -> tuple[float, fl
     return times[0], median(times[1:])
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_step_args(ap: argparse.ArgumentParser, repeats: int, repeats_help: str) -> None:
+    """The options every probe of this step shares: which step, how often it is timed, where to."""
     ap.add_argument("--model", default="vit_b")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=repeats, help=repeats_help)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", help="also write the figures to this file")
-    args = ap.parse_args(argv)
+
+
+def open_step(args: argparse.Namespace):
+    """(device choice, step closure, its inputs, machine info, step FLOPs, matmul peak FLOP/s).
+
+    Sets the thread count, builds the step, prints the machine line, counts one forward +
+    backward's FLOPs and measures the peak of a large ``torch.mm`` in the step's dtype."""
     torch.set_num_threads(args.threads)
     dev, _, loss_fn, inputs = make_step(args.model, args.batch, args.precision)
     info = machine_info(dev.device)
@@ -84,6 +90,14 @@ def main(argv: list[str] | None = None) -> dict:
     flops = count_flops(lambda: loss_fn(*inputs).backward())
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     peak = matmul_peak(dev.device, dtype, 2048 if dev.device.type == "cpu" else 8192)
+    return dev, loss_fn, inputs, info, flops, peak
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_step_args(ap, repeats=8, repeats_help="timed calls per variant")
+    args = ap.parse_args(argv)
+    dev, loss_fn, inputs, info, flops, peak = open_step(args)
     _, eager = time_step(loss_fn, inputs, dev.device, args.repeats)
     compiled_fn = torch.compile(loss_fn)
     first, compiled = time_step(compiled_fn, inputs, dev.device, args.repeats)

@@ -26,9 +26,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 import torch
-from _common import machine_info, markdown_table, matmul_peak, sync
-from compile_probe import make_step, time_step
-from decoder_step import count_flops
+from _common import markdown_table, sync
+from compile_probe import add_step_args, open_step, time_step
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
@@ -110,26 +109,15 @@ def replay(calls: Counter, device: torch.device, repeats: int, seed: int = 0) ->
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="vit_b")
-    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=5, help="timed calls per step / per replayed op")
-    ap.add_argument("--threads", type=int, default=1)
+    add_step_args(ap, repeats=5, repeats_help="timed calls per step / per replayed op")
     ap.add_argument("--top", type=int, default=8, help="ops listed, by replay time")
-    ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    dev, _, loss_fn, inputs = make_step(args.model, args.batch, args.precision)
-    info = machine_info(dev.device)
-    print(json.dumps(info), flush=True)
-    step_flops = count_flops(lambda: loss_fn(*inputs).backward())
+    dev, loss_fn, inputs, info, step_flops, peak = open_step(args)
     _, step_s = time_step(loss_fn, inputs, dev.device, args.repeats)
     recorder = FlopOpRecorder()
     with recorder:
         loss_fn(*inputs).backward()
     rows = replay(recorder.calls, dev.device, args.repeats)
-    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
-    peak = matmul_peak(dev.device, dtype, 2048 if dev.device.type == "cpu" else 8192)
     ops_s = sum(r["seconds"] for r in rows)
     ops_flops = sum(r["flops"] for r in rows)
     out = {
