@@ -261,6 +261,7 @@ def pretrain(
     step, elapsed = 0, 0.0
     notes: list[str] = []
     threads: list[int] = []  # torch thread counts of the run's segments, so the card can say
+    now = torch.get_num_threads()
     if ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=True)
         old, notes = state["config"], list(state.get("notes", []))
@@ -270,7 +271,6 @@ def pretrain(
             print(f"resuming with {note}", flush=True)
             notes.append(note)
         threads = list(state.get("threads", []))
-        now = torch.get_num_threads()
         if threads and threads[-1] != now:
             note = f"torch threads changed from {threads[-1]} to {now} at step {state['step']}"
             print(f"resuming with {note}", flush=True)
@@ -279,8 +279,8 @@ def pretrain(
         opt.load_state_dict(state["optimizer"])
         step, elapsed = int(state["step"]), float(state["elapsed"])
         print(f"resuming {cfg.name} at step {step}/{cfg.steps} from {ckpt_path}", flush=True)
-    if not threads or threads[-1] != torch.get_num_threads():
-        threads.append(torch.get_num_threads())
+    if not threads or threads[-1] != now:
+        threads.append(now)
     sam.train()
     t0, last_ckpt, ema = time.time() - elapsed, time.time(), None
     end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
