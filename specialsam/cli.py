@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 from specialsam.errors import UserError
+
+EXIT_INTERRUPTED = 130
+"""128 + SIGINT: what a shell reports for a command stopped with Ctrl-C."""
+
+SCRIPT = "sweeps/run.py"
 
 
 def run_cli(args: argparse.Namespace, tasks: list[str], overrides: list[str]) -> int:
@@ -68,3 +74,57 @@ def run_cli(args: argparse.Namespace, tasks: list[str], overrides: list[str]) ->
     if outcomes:
         print(f"\nbrowse the results: {mlflow_ui_hint(outcomes[-1][1].tracking_uri)}")
     return 0
+
+
+def _without(argv: list[str], is_flag, value: str) -> list[str]:
+    """``argv`` less the flags ``is_flag`` accepts (``--flag=v`` or ``--flag [v]``); ``value``:
+    "one" (a value always follows) or "optional" (one follows unless the next token is a flag)."""
+    out, skip = [], False
+    for i, tok in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        head, eq, _ = tok.partition("=")
+        if not is_flag(head):
+            out.append(tok)
+            continue
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        skip = not eq and nxt is not None and (value == "one" or not nxt.startswith("-"))
+    return out
+
+
+def _is_resume(head: str) -> bool:
+    return len(head) >= 3 and "--resume".startswith(head)  # argparse takes any unique prefix
+
+
+def resume_command(argv: list[str], task: str, sweep: str | None) -> str:
+    """The user's command line continuing ``sweep`` (or, without one, simply run again): the same
+    flags, ``--resume SWEEP``; a several-task run resumes the task that was interrupted."""
+    args = _without(argv, _is_resume, "optional")
+    if any(t.partition("=")[0] == "--tasks" for t in args) or "all" in _task_values(args):
+        args = ["--task", task, *_without(args, lambda h: h in ("--task", "--tasks"), "one")]
+    if sweep:
+        args += ["--resume"] if sweep == "latest" else ["--resume", sweep]
+    return shlex.join(["python", SCRIPT, *args])
+
+
+def _task_values(argv: list[str]) -> list[str]:
+    out = [t.partition("=")[2] for t in argv if t.startswith("--task=")]
+    out += [argv[i + 1] for i, t in enumerate(argv[:-1]) if t == "--task"]
+    return out
+
+
+def interrupted_message(exc: KeyboardInterrupt, argv: list[str]) -> str:
+    """The one line a Ctrl-C ends with: what was stopped and the command that continues it."""
+    task, sweep = getattr(exc, "task", None), getattr(exc, "sweep", None)  # runner.SweepInterrupted
+    if task is None:  # before any sweep began: nothing was written
+        return f"interrupted; nothing to resume, run again: {shlex.join(['python', SCRIPT, *argv])}"
+    if sweep is None:
+        return (
+            f"interrupted before sweep {task} saved its state (no MLflow run left RUNNING; embeddings "
+            f"encoded so far stay cached); run again: {resume_command(argv, task, None)}"
+        )
+    return (
+        f"interrupted; sweep {task} stopped, its open MLflow runs marked KILLED; resume with: "
+        f"{resume_command(argv, task, sweep)}"
+    )

@@ -23,7 +23,11 @@ The two phases a sweep runs:
   ``curve.n_train`` for every ``curve.seeds`` seed, with no early stopping.
 
 YAML 1.1 (PyYAML) reads ``1e-4`` (no dot) as a string; the loader turns such exponent-notation
-strings back into numbers, in the file and in ``--set`` values alike.
+strings back into numbers, in the file and in ``--set`` values alike. Non-finite numbers (``.inf``,
+``.nan``, ``1e999``) are errors wherever they appear. YAML anchors and aliases (``&name``,
+``*name``) are refused: a sweep config has no use for them, and a few hundred bytes of nested
+aliases ("billion laughs") would otherwise expand into gigabytes, so reading any config is linear
+in its size.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import dataclasses
 import difflib
 import functools
 import json
+import math
 import re
 import typing
 from collections.abc import Iterable, Sequence
@@ -137,6 +142,7 @@ _TYPE_WORDS = {
     "model_attributes_type": "a mapping of settings",
     "dataclass_type": "a mapping of settings",
     "none_required": "null",
+    "finite_number": "a finite number",
 }
 _BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 
@@ -193,7 +199,7 @@ def _raise(exc: ValidationError, label_for: typing.Callable[[str], str]) -> None
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class Param(_Model):
@@ -567,14 +573,53 @@ def _check_data(task: str, data: dict[str, Any]) -> None:
 _EXP_FLOAT = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+$")
 
 
-def _yaml12_numbers(obj: Any) -> Any:
-    """Turn exponent-notation strings PyYAML leaves as text (``1e-4``) into floats."""
+class _NoAliasLoader(yaml.SafeLoader):
+    """``SafeLoader`` that stops at the first anchor or alias, before anything is expanded."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            mark = event.start_mark
+            raise UserError(
+                f"YAML anchors and aliases (&name, *name) are not allowed (line {mark.line + 1}, "
+                f"column {mark.column + 1}); write the values out"
+            )
+        return super().compose_node(parent, index)
+
+
+def _safe_load(text: str) -> Any:
+    """``yaml.safe_load`` without anchors/aliases; work and memory are linear in ``len(text)``.
+
+    Raises ``UserError`` (message without the source) for aliases and absurd nesting, and
+    ``yaml.YAMLError`` for syntax errors."""
+    loader = _NoAliasLoader(text)
+    try:
+        return loader.get_single_data()
+    except RecursionError:
+        raise UserError("the YAML is nested too deeply; a sweep config needs a few levels at most") from None
+    finally:
+        loader.dispose()
+
+
+class _NonFinite(ValueError):
+    """A non-finite number at ``key`` (a dotted path inside the value being read)."""
+
+    def __init__(self, key: str, value: float) -> None:
+        super().__init__(key)
+        self.key, self.value = key, value
+
+
+def _yaml12_numbers(obj: Any, key: str = "") -> Any:
+    """Turn exponent-notation strings PyYAML leaves as text (``1e-4``) into floats; a non-finite
+    number anywhere (``.inf``, ``.nan``, ``1e999``) raises ``_NonFinite`` with its dotted key."""
     if isinstance(obj, str) and _EXP_FLOAT.match(obj.strip()):
-        return float(obj)
+        obj = float(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise _NonFinite(key, obj)
     if isinstance(obj, dict):
-        return {k: _yaml12_numbers(v) for k, v in obj.items()}
+        return {k: _yaml12_numbers(v, f"{key}.{k}" if key else str(k)) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_yaml12_numbers(v) for v in obj]
+        return [_yaml12_numbers(v, f"{key}[{i}]") for i, v in enumerate(obj)]
     return obj
 
 
@@ -585,16 +630,29 @@ def _display(path: Path) -> str:
         return str(path)
 
 
+MAX_CONFIG_BYTES = 1024**2
+"""Largest sweep config read (the shipped ones are 2-6 KB)."""
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     shown = _display(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:  # bounded: --config /dev/zero must not read forever
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise UserError(
+                f"{shown}: larger than {MAX_CONFIG_BYTES // 1024**2} MB; a sweep config is a few KB "
+                "(pass the sweep's YAML file)"
+            )
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise UserError(f"{shown}: no such sweep config; pass an existing YAML file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{shown}: cannot read the sweep config ({exc})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = _safe_load(text)
+    except UserError as exc:
+        raise UserError(f"{shown}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -606,7 +664,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise UserError(
             f"{shown}: expected a mapping of settings (task: ..., search: ...), got {type(raw).__name__}"
         )
-    return _yaml12_numbers(raw)
+    try:
+        return _yaml12_numbers(raw)
+    except _NonFinite as exc:
+        raise UserError(f"{shown}: {exc.key} must be a finite number (got {exc.value})") from None
 
 
 def _resolve(parts: Sequence[str], task: Any) -> Any:
@@ -682,16 +743,20 @@ def parse_override(text: str) -> tuple[str, Any]:
     """``KEY=VALUE`` (VALUE read as YAML: ``4``, ``1e-4``, ``[tiny-s]``, ``null``) -> (key, value)."""
     key, sep, value = text.partition("=")
     key = key.strip()
+    shown = f"--set {text if len(text) <= 80 else text[:77] + '...'}"
     if not sep or not key or any(not p for p in key.split(".")):
-        raise UserError(
-            f"--set {text}: expected KEY=VALUE with a dotted key, e.g. --set search.num_samples=4"
-        )
+        raise UserError(f"{shown}: expected KEY=VALUE with a dotted key, e.g. --set search.num_samples=4")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = _safe_load(value) if value.strip() else None
+    except UserError as exc:
+        raise UserError(f"{shown}: {exc}") from None
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"--set {text}: the value is not valid YAML ({problem})") from None
-    return key, _yaml12_numbers(parsed)
+        raise UserError(f"{shown}: the value is not valid YAML ({problem})") from None
+    try:
+        return key, _yaml12_numbers(parsed, key)
+    except _NonFinite as exc:
+        raise UserError(f"{shown}: {exc.key} must be a finite number (got {exc.value})") from None
 
 
 def _validate(raw: dict[str, Any], shown: str, sources: dict[str, tuple[str, str]]) -> SweepConfig:

@@ -8,15 +8,26 @@ image and never run the encoder. Embeddings and mask rows are read per batch (ne
 pool), so a trial's memory does not grow with the training set. Packs are content-addressed
 (samples, model, settings) and written atomically, so a rerun reuses them and a change rebuilds
 them.
+
+Nothing in a pack or the cache is trusted as-is. The manifest records the SHA-256 of every pack
+file and of itself, and a CRC-32 per mask row. The driver (``build_pack``, once per sweep) checks
+all of them and every embedding entry the pack uses: a corrupt or incomplete pack is rebuilt, a
+corrupt or deleted entry re-encoded. Trials check what they read (the manifest's digest when they
+open the pack, each file's digest as it is read, a mask row's CRC on every read, an entry's digest
+on its first read) and stop with a one-line ``CorruptPack`` / ``CorruptEntry`` error naming the
+file: they cannot rebuild, a rerun does.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
+import sys
 import tempfile
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -28,13 +39,23 @@ import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from specialsam.embeddings import EmbeddingCache, ModelIdentity, encoder_precision, preprocessing_id
+from specialsam import embeddings
+from specialsam.embeddings import (
+    EmbeddingCache,
+    ModelIdentity,
+    encoder_precision,
+    file_sha256,
+    preprocessing_id,
+)
+from specialsam.errors import UserError
 from specialsam.inference import model_side
 from specialsam.modeling.headless import build_headless, decoder_state, load_decoder_state
 from specialsam.prompts import Prompt, make_prompt, to_model_coords
 from specialsam.tasks.base import Sample, TaskData
 
-PACK_VERSION = 3
+PACK_VERSION = 4
+"""4: the manifest carries file digests, its own digest and per-row mask CRCs (older packs are
+rebuilt once: they cannot be verified)."""
 EXTRA_PREFIX = "extra-"
 """Split-name prefix of a task's extra test sets (``TaskDataWithExtras.extra_tests``)."""
 EVAL_PROMPT_SEED = 1234
@@ -82,6 +103,113 @@ class PackSettings:
         return model_side(sam) if self.loss_res <= 0 else self.loss_res
 
 
+class CorruptPack(UserError):
+    """A pack file a trial reads is missing or fails its digest; the driver rebuilds it on a rerun."""
+
+
+RERUN = "rerun the sweep (or --resume it): the driver rebuilds what fails its check"
+
+
+def _manifest_digest(manifest: dict) -> str:
+    body = {k: v for k, v in manifest.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _seal(folder: Path, manifest: dict) -> None:
+    """Record every file's digest and the manifest's own, then write the manifest (last)."""
+    manifest["files"] = {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    manifest["sha256"] = _manifest_digest(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _manifest_or_problem(folder: Path) -> dict | str:
+    """The manifest if it is a current pack's and matches its own digest, else what is wrong."""
+    path = folder / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        return f"pack manifest {path} is missing"
+    except (OSError, ValueError) as exc:
+        return f"pack manifest {path} is unreadable ({type(exc).__name__})"
+    if not embeddings.VERIFY:  # benchmarks/cache_integrity.py's "without" runs only
+        return manifest
+    if not isinstance(manifest, dict) or manifest.get("version") != PACK_VERSION:
+        return f"pack manifest {path} is not a version-{PACK_VERSION} pack"
+    if manifest.get("sha256") != _manifest_digest(manifest) or not isinstance(manifest.get("files"), dict):
+        return f"pack manifest {path} is corrupt (SHA-256 differs from its record)"
+    return manifest
+
+
+def _read_manifest(folder: Path) -> dict:
+    manifest = _manifest_or_problem(folder)
+    if isinstance(manifest, str):
+        raise CorruptPack(f"{manifest}; {RERUN}")
+    return manifest
+
+
+def pack_problem(folder: Path) -> str | None:
+    """Why a pack folder cannot be used as-is (its first bad file), or None when every digest matches."""
+    manifest = _manifest_or_problem(folder)
+    if isinstance(manifest, str):
+        return manifest
+    for name, digest in manifest["files"].items() if embeddings.VERIFY else ():
+        path = folder / name
+        if not path.is_file():
+            return f"pack file {path} is missing"
+        if file_sha256(path) != digest:
+            return f"pack file {path} is corrupt (SHA-256 differs from the manifest)"
+    return None
+
+
+def _note(msg: str) -> None:
+    print(f"note: {msg}", file=sys.stderr, flush=True)
+
+
+def _set_aside(folder: Path) -> None:
+    """Move a bad pack out of the way (atomic rename, then delete) so a fresh one can take its name."""
+    dead = folder.with_name(f".corrupt-{folder.name}-{os.getpid()}")
+    try:
+        os.replace(folder, dead)
+    except OSError:  # another process moved it first
+        return
+    shutil.rmtree(dead, ignore_errors=True)
+
+
+def _fill_cache(
+    splits: dict[str, list[Sample]],
+    hashes: dict[str, list[str]],
+    sam: Sam,
+    identity: ModelIdentity,
+    cache: EmbeddingCache,
+    progress: bool,
+    precompute: Callable[[list[np.ndarray], list[str]], object] | None,
+) -> dict[str, list[str]]:
+    """Verify every entry the splits use, drop corrupt ones, encode what is missing; keys per split."""
+    keys = {name: [identity.key(h) for h in hs] for name, hs in hashes.items()}
+    flat = [k for ks in keys.values() for k in ks]
+    if embeddings.VERIFY:
+        missing, corrupt = cache.verify_entries(flat)
+    else:  # benchmarks/cache_integrity.py's "without" runs only
+        missing, corrupt = [k for k in flat if not cache.has(k)], []
+    if corrupt:
+        _note(
+            f"{len(corrupt)} corrupt embedding cache entr{'y' if len(corrupt) == 1 else 'ies'} "
+            f"(e.g. {cache.entry_path(corrupt[0])}) removed; re-encoding"
+        )
+    if (missing or corrupt) and precompute is not None:
+        precompute([s.image for v in splits.values() for s in v], [h for v in hashes.values() for h in v])
+    for name, samples in splits.items():
+        cache.precompute(
+            sam,
+            identity,
+            [s.image for s in samples],
+            hashes[name],
+            progress=progress,
+            desc=f"encoding {name}",
+        )
+    return keys
+
+
 def _eval_prompts(samples: Sequence[Sample], strategy: str, side: int):
     rng = np.random.default_rng(EVAL_PROMPT_SEED)
     prompts: list[Prompt | None] = [make_prompt(s.mask, strategy, rng) for s in samples]
@@ -108,8 +236,11 @@ def build_pack(
 ) -> Path:
     """Encode what is missing, write the pack (if not there yet) and return its folder.
 
-    ``precompute(images, hashes)``, when given, fills the cache first (e.g. spread over a Ray
-    cluster); whatever it leaves missing is encoded here."""
+    Nothing on disk is trusted: every entry the pack uses is hashed (a corrupt one removed and
+    re-encoded with a deleted one, same key) and an existing pack whose files fail their digests
+    is set aside and rebuilt, so trials never start on bad data. This runs once per sweep, before
+    any baseline or trial reads. ``precompute(images, hashes)``, when given, fills the cache first
+    (e.g. spread over a Ray cluster); whatever it leaves missing is encoded here."""
     side, res = model_side(sam), settings.resolved_res(sam)
     train = list(task.train) + ([flipped(s) for s in task.train] if settings.flip else [])
     splits: dict[str, list[Sample]] = {"train": train, "val": list(task.val), "test": list(task.test)}
@@ -133,8 +264,15 @@ def build_pack(
         ).encode()
     ).hexdigest()[:24]
     folder = cache.root / "packs" / f"{task.name}-{identity.name}-{ident}"
-    if (folder / "manifest.json").exists():
-        return folder
+    all_hashes = {name: [s.image_hash() for s in samples] for name, samples in splits.items()}
+    cache.root.mkdir(parents=True, exist_ok=True)
+    keys = _fill_cache(splits, all_hashes, sam, identity, cache, progress, precompute)
+    if folder.exists():
+        problem = pack_problem(folder)
+        if problem is None:
+            return folder
+        _note(f"{problem}; rebuilding the pack")
+        _set_aside(folder)
 
     manifest: dict = {
         "version": PACK_VERSION,
@@ -150,27 +288,19 @@ def build_pack(
         "primary": settings.primary,
         "splits": {},
     }
-    cache.root.mkdir(parents=True, exist_ok=True)
-    all_hashes = {name: [s.image_hash() for s in samples] for name, samples in splits.items()}
-    if precompute is not None:
-        precompute([s.image for v in splits.values() for s in v], [h for v in all_hashes.values() for h in v])
     tmp = Path(tempfile.mkdtemp(dir=cache.root, prefix=".pack-"))
     try:
         for name, samples in splits.items():
-            hashes = all_hashes[name]
-            keys = cache.precompute(
-                sam, identity, [s.image for s in samples], hashes, progress=progress, desc=f"encoding {name}"
-            )
             masks, valid = zip(*(frame_mask(s.mask, res) for s in samples)) if samples else ((), ())
-            np.save(
-                tmp / f"{name}_masks.npy", np.stack(masks) if masks else np.zeros((0, res, res), np.uint8)
-            )
+            stacked = np.stack(masks) if masks else np.zeros((0, res, res), np.uint8)
+            np.save(tmp / f"{name}_masks.npy", stacked)
             manifest["splits"][name] = {
                 "keys": [s.key for s in samples],
-                "emb": keys,
+                "emb": keys[name],
                 "categories": [s.category for s in samples],
                 "original_hw": [list(s.mask.shape) for s in samples],
                 "valid_hw": [list(v) for v in valid],
+                "mask_crc32": [zlib.crc32(m.tobytes()) for m in stacked],
             }
             strategies = settings.strategies if name in ("test", "retention") else (settings.primary,)
             if name == "train":
@@ -185,7 +315,7 @@ def build_pack(
         _write_thumbs(tmp / "test_thumbs.npz", splits["test"][:N_THUMBS])
         torch.save(decoder_state(sam), tmp / "decoder.pt")
         manifest["model_name"] = identity.name
-        (tmp / "manifest.json").write_text(json.dumps(manifest))
+        _seal(tmp, manifest)
         folder.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.replace(tmp, folder)
@@ -216,12 +346,21 @@ class MaskRows:
     far more than the rows a trial read, and a trial's peak RSS grew with the pool (+500 MB at
     8,000 for the same 800 samples trained; benchmarks/scaling.py). Reading rows keeps it flat."""
 
-    def __init__(self, path: Path) -> None:
-        header = np.load(path, mmap_mode="r")  # numpy parses the header; no row is read here
+    def __init__(self, path: Path, crc32: Sequence[int] | None = None) -> None:
+        try:
+            header = np.load(path, mmap_mode="r")  # numpy parses the header; no row is read here
+        except (OSError, ValueError) as exc:
+            if crc32 is None:
+                raise
+            raise CorruptPack(f"pack file {path} is unreadable ({type(exc).__name__}); {RERUN}") from None
         if not header.flags.c_contiguous:
             raise ValueError(f"{path}: Fortran-ordered masks are not supported")
         self.path, self.shape, self.dtype, self.offset = path, header.shape, header.dtype, header.offset
         self.row_items = int(np.prod(self.shape[1:], dtype=np.int64))
+        self.crc32 = crc32
+        """Per-row CRC-32 from the manifest: each row read is checked (a few µs for a 64 KB row)."""
+        if crc32 is not None and len(crc32) != len(self):
+            raise CorruptPack(f"pack file {path} holds {len(self)} rows, its manifest {len(crc32)}; {RERUN}")
         del header
 
     def __len__(self) -> int:
@@ -233,6 +372,8 @@ class MaskRows:
             raise IndexError(f"mask row {i} out of range for {len(self)} rows")
         offset = self.offset + (i % len(self)) * self.row_items * self.dtype.itemsize
         row = np.fromfile(self.path, self.dtype, count=self.row_items, offset=offset)
+        if self.crc32 is not None and (row.size != self.row_items or zlib.crc32(row) != self.crc32[i]):
+            raise CorruptPack(f"pack file {self.path}: mask row {i} is corrupt (CRC-32 differs); {RERUN}")
         return row.reshape(self.shape[1:])
 
 
@@ -253,16 +394,17 @@ class Split:
 
     @cached_property
     def masks(self) -> MaskRows:
-        return MaskRows(self.pack.folder / f"{self.name}_masks.npy")
+        crc = self.pack.manifest["splits"][self.name]["mask_crc32"] if embeddings.VERIFY else None
+        return MaskRows(self.pack.folder / f"{self.name}_masks.npy", crc)
 
     def embeddings(self, idx: Sequence[int]) -> np.ndarray:
         return np.stack([self.pack.cache.load(self.emb_keys[i]) for i in idx]).astype(np.float32)
 
     def prompts(self, strategy: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        f = self.pack.folder / f"{self.name}_prompts_{strategy}.npz"
-        if not f.exists():
+        f = f"{self.name}_prompts_{strategy}.npz"
+        if f not in self.pack.manifest["files"]:
             raise KeyError(f"pack has no {strategy!r} prompts for split {self.name}")
-        z = np.load(f)
+        z = np.load(self.pack.read_file(f))
         return z["coords"], z["labels"], z["ok"]
 
     def gt(self, i: int) -> np.ndarray:
@@ -272,14 +414,28 @@ class Split:
 
     @cached_property
     def _gt(self):
-        return np.load(self.pack.folder / f"{self.name}_gt.npz")
+        return np.load(self.pack.read_file(f"{self.name}_gt.npz"))
 
 
 class Pack:
+    """An opened pack: its manifest checked against its own digest, each file against the manifest's
+    digest as it is read (files are read whole, so hashing them costs about the read)."""
+
     def __init__(self, folder: Path | str, cache: EmbeddingCache | None = None) -> None:
         self.folder = Path(folder)
-        self.manifest = json.loads((self.folder / "manifest.json").read_text())
+        self.manifest = _read_manifest(self.folder)
         self.cache = cache or EmbeddingCache(self.folder.parent.parent)
+
+    def read_file(self, name: str) -> io.BytesIO:
+        """A pack file's bytes, checked against the manifest; ``CorruptPack`` names it otherwise."""
+        path = self.folder / name
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise CorruptPack(f"pack file {path} is missing; {RERUN}") from None
+        if embeddings.VERIFY and hashlib.sha256(data).hexdigest() != self.manifest["files"].get(name):
+            raise CorruptPack(f"pack file {path} is corrupt (SHA-256 differs from the manifest); {RERUN}")
+        return io.BytesIO(data)
 
     def split(self, name: str) -> Split:
         return Split(self, name)
@@ -287,11 +443,11 @@ class Pack:
     def headless_model(self) -> Sam:
         """The pack's model without its encoder, with the base (pretrained) decoder weights."""
         sam = build_headless(self.manifest["model_name"])
-        load_decoder_state(sam, torch.load(self.folder / "decoder.pt", weights_only=True))
+        load_decoder_state(sam, torch.load(self.read_file("decoder.pt"), weights_only=True))
         return sam.eval()
 
     def thumbnails(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        z = np.load(self.folder / "test_thumbs.npz")
+        z = np.load(self.read_file("test_thumbs.npz"))
         return [(z[f"image{i}"], z[f"mask{i}"]) for i in range(int(z["n"]))]
 
     def has(self, name: str) -> bool:

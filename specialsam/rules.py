@@ -842,6 +842,24 @@ class HealthSummary:
         return self.n_trials - self.counts.get("ok", 0)
 
 
+UNCHANGED = "unchanged"
+"""Health flag of a trial whose returned decoder equals the base decoder (``train.unchanged``):
+its 'specialised' scores are the baseline's, so its gain is 0 by construction, not a measurement."""
+
+
+def unchanged_warning(n_unchanged: int, n_trials: int) -> str | None:
+    """The report's sentence on trials training did not change (None when there are none)."""
+    if not n_unchanged:
+        return None
+    what = "every one" if n_unchanged == n_trials else f"{n_unchanged}"
+    return (
+        f"**Training did not change the decoder** in {what} of the {n_trials} trials (health flag "
+        f"`{UNCHANGED}`): their specialised scores are the base decoder's, so their gain is 0 by "
+        "construction and says nothing for or against fine-tuning. Look for an empty or unusable "
+        "validation split, zero optimizer steps, or a learning rate too small to move the weights."
+    )
+
+
 def health_summary(trials: Sequence[TrialResult]) -> HealthSummary:
     counts: Counter[str] = Counter()
     for t in trials:
@@ -962,18 +980,26 @@ def recommendation(
     retention: Mapping[str, RetentionSummary] | None = None,
     data_kind: str = "real",
     include_scope: bool = True,
+    health: HealthSummary | None = None,
 ) -> str:
     """The actionable opening of the report: fine-tune (what, how) or don't (why), then its scope.
 
     The model is the one whose primary-prompt gain has the highest CI lower bound; its settings and
-    sample count are the validation-selected configuration's."""
+    sample count are the validation-selected configuration's. Trials training left unchanged
+    (``health``, else the selected configurations' trials) are said first: when every trial is
+    unchanged there is no recommendation at all, since a zero gain was never measured."""
     prompt = baseline_report.primary_prompt
     cells = [c for c in baseline_report.cells if c.gain is not None and c.prompt == prompt]
     if not cells:
         cells = [c for c in baseline_report.cells if c.gain is not None]
         prompt = "any prompt strategy"
+    if health is None:
+        health = health_summary([t for sel in baseline_report.selections.values() for t in sel.trials])
+    n_unchanged = health.counts.get(UNCHANGED, 0)
     lines: list[str] = []
-    if not cells:
+    if n_unchanged and n_unchanged == health.n_trials:
+        lines.append("**No recommendation**: " + (unchanged_warning(n_unchanged, health.n_trials) or ""))
+    elif not cells:
         lines.append("**No recommendation**: no model has both a zero-shot baseline and fine-tuned trials.")
     else:
         best = max(cells, key=lambda c: (c.gain.lo, c.gain.mean))
@@ -1026,6 +1052,8 @@ def recommendation(
                 f"(best: `{best.model}` {best.gain.fmt()} from a baseline of {best.baseline_miou:.3f}). "
                 "More test images or seeds could narrow the interval."
             )
+        if n_unchanged:  # right under the verdict it qualifies
+            lines.insert(1, "Caution: " + (unchanged_warning(n_unchanged, health.n_trials) or ""))
         ret = (retention or {}).get(best.model)
         if ret is not None and ret.delta is not None:
             lines.append(
@@ -1119,7 +1147,8 @@ def _markdown(
             "> **Procedural data**: the real dataset was absent; these numbers demonstrate the method only.",
             "",
         ]
-    out += ["## Recommendation", "", recommendation(br, dr, retention, data_kind, include_scope=False), ""]
+    rec = recommendation(br, dr, retention, data_kind, include_scope=False, health=health)
+    out += ["## Recommendation", "", rec, ""]
     out += ["## Scope and protocol", "", scope_statement(data_kind), ""]
     if protocol:
         out += ["| setting | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in protocol.items()), ""]
@@ -1182,8 +1211,10 @@ def _markdown(
         "## Training health",
         "",
         f"{health.n_trials} trials, {health.n_flagged} flagged "
-        "(loss collapse < 0.01, loss spikes, train/val divergence).",
+        f"(loss collapse < 0.01, loss spikes, train/val divergence, {UNCHANGED}: the returned decoder "
+        "equals the base decoder).",
         "",
+        *([w, ""] if (w := unchanged_warning(health.counts.get(UNCHANGED, 0), health.n_trials)) else []),
         "| flag | trials |",
         "|---|---|",
         *(f"| {k} | {v} |" for k, v in health.counts.items()),

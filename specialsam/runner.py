@@ -10,6 +10,7 @@ finished trials are not rerun (Tune restores them) and their MLflow runs are reu
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -22,7 +23,7 @@ import torch
 
 from specialsam.config import SweepConfig, config_to_dict
 from specialsam.embeddings import EmbeddingCache, atomic_write_bytes, default_cache_dir
-from specialsam.errors import UserError
+from specialsam.errors import UserError, check_writable_dir, disk_full
 from specialsam.evaluate import score_extra_tests, score_split
 from specialsam.models import load_model
 from specialsam.pack import Pack, PackSettings, build_pack, model_identity
@@ -38,7 +39,7 @@ from specialsam.plan import (
 from specialsam.rules import BaselineResult, TrialResult, format_summary, write_report
 from specialsam.scenes import retention_samples
 from specialsam.tasks import load_task
-from specialsam.tracking import ROLE, TRIAL_ID, Tracker, experiment_name, resolve_tracking_uri
+from specialsam.tracking import ROLE, TRIAL_ID, Tracker, experiment_name, resolve_tracking_uri, sqlite_path
 
 
 @dataclass
@@ -101,13 +102,72 @@ def _sweep_dir(cfg: SweepConfig, opts: RunOptions) -> tuple[Path, dict | None]:
             folder = root / opts.resume
             if not (folder / "sweep.json").exists():
                 raise UserError(f"--resume {opts.resume}: no sweep state at {folder}/sweep.json")
-        state = json.loads((folder / "sweep.json").read_text())
-        return folder, state
+        return folder, _read_state(folder / "sweep.json")
     return root / f"{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}", None
+
+
+_STATE_KEYS = {"parent_run_id": str, "config": dict, "best": dict, "done": list}
+
+
+def _read_state(path: Path) -> dict:
+    """``sweep.json`` as ``_save_state`` wrote it; anything else (truncated, hand-edited, not
+    JSON) is one line naming the file, not a traceback."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        bad = [k for k, t in _STATE_KEYS.items() if not isinstance(state.get(k), t)]
+        problem = f"missing or malformed {', '.join(bad)}" if bad else ""
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    if problem:
+        raise UserError(
+            f"--resume: the sweep state {path} is corrupt ({problem}); restore it from a backup, "
+            "or start a new sweep without --resume"
+        )
+    return state
 
 
 def _save_state(folder: Path, state: dict) -> None:
     atomic_write_bytes(folder / "sweep.json", json.dumps(state, indent=2, default=str).encode())
+
+
+def _cache_root(cfg: SweepConfig, opts: RunOptions) -> tuple[Path, str]:
+    """The embedding cache folder, and where that choice came from (for error messages)."""
+    if opts.cache_dir:
+        return Path(opts.cache_dir).expanduser(), "--cache-dir"
+    if cfg.storage.cache_dir:
+        return Path(cfg.storage.cache_dir).expanduser(), "storage.cache_dir"
+    label = "$SPECIALSAM_CACHE" if os.environ.get("SPECIALSAM_CACHE") else "the embedding cache"
+    return default_cache_dir().expanduser(), label
+
+
+def _export_root(opts: RunOptions) -> Path:
+    return Path(opts.export_dir or (opts.cwd / "exports")).expanduser().resolve()
+
+
+def check_outputs(cfg: SweepConfig, opts: RunOptions, uri: str) -> None:
+    """Every location a sweep writes (Tune storage, embedding cache, export folder, the SQLite
+    database and its artifact folder) is a writable folder or can be made one, checked before the
+    first write: a path that is a file fails now, not after the sweep with its parent run left
+    RUNNING."""
+    storage = "--storage" if opts.storage else "storage.tune_dir" if cfg.storage.tune_dir else "Tune storage"
+    check_writable_dir(_storage(cfg, opts), storage)
+    check_writable_dir(*_cache_root(cfg, opts))
+    check_writable_dir(_export_root(opts), "--export-dir" if opts.export_dir else "the export folder")
+    check_tracking_db(uri)
+
+
+def check_tracking_db(uri: str) -> None:
+    """A ``sqlite:///`` store's database file is a writable file (or can be created) and the
+    folder it keeps artifacts in is writable; other stores are checked by their servers."""
+    db = sqlite_path(uri)
+    if db is None:
+        return
+    if db.exists() and not (db.is_file() and os.access(db, os.R_OK | os.W_OK)):
+        raise UserError(
+            f"--tracking-uri {uri}: {db} is not a writable SQLite file; pass another sqlite:/// path"
+        )
+    check_writable_dir(db.parent, "the MLflow database folder")
+    check_writable_dir(db.parent / "mlartifacts", "the MLflow artifact folder")
 
 
 def pack_settings(cfg: SweepConfig) -> PackSettings:
@@ -126,13 +186,14 @@ def retention_set(cfg: SweepConfig) -> list:
 
 
 def prepare(cfg: SweepConfig, opts: RunOptions):
-    """Load and check everything user-controlled; no side effects beyond reading."""
+    """Load and check everything user-controlled; no side effects beyond reading (so a bad dataset,
+    an empty split included, fails before any MLflow run or sweep folder exists)."""
+    from specialsam.tasks import n_train_remedy
+
     task = load_task(cfg.task, cfg.data_root, cfg.data, cfg.seed)
     max_n = max([*cfg.curve.n_train, cfg.search.n_train])
     task.keep_first_train(
-        max_n,
-        "n_train",
-        "lower curve.n_train / search.n_train or provide more data (e.g. data.n_synthetic)",
+        max_n, "n_train", f"lower curve.n_train / search.n_train or {n_train_remedy(cfg.task)}"
     )
     models = {}
     for name in cfg.models:
@@ -285,12 +346,78 @@ def _trial_results(records, base_retention: dict[str, float | None]) -> list[Tri
     ]
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a sweep: its open MLflow runs are KILLED and a Ray instance the sweep started
+    is shut down. ``sweep`` is what ``--resume`` continues (None: no sweep state was saved yet)."""
+
+    def __init__(self, task: str, sweep: str | None) -> None:
+        super().__init__(task, sweep)
+        self.task, self.sweep = task, sweep
+
+
+@dataclass
+class _Live:
+    """What a Ctrl-C must close, filled in as the sweep creates it."""
+
+    tracker: Tracker | None = None
+    parent: str | None = None
+    folder: Path | None = None
+
+
 def run_sweep(cfg: SweepConfig, opts: RunOptions) -> SweepOutcome | Plan:
+    """One sweep; a Ctrl-C anywhere in it (encoding, baselines, a Tune phase, the report) ends as
+    ``SweepInterrupted`` instead of a truncated sweep reported as finished."""
+    from specialsam import sweep as tune_wiring
+
+    had_ray = tune_wiring.ray_running()  # a Ray this process already runs (a caller's) is left alone
+    live = _Live()
+    try:
+        return _run_sweep(cfg, opts, live)
+    except KeyboardInterrupt:
+        _close_interrupted(live, stop_ray=not had_ray)
+        resumable = live.folder is not None and (live.folder / "sweep.json").exists()
+        raise SweepInterrupted(cfg.task, live.folder.name if resumable else opts.resume) from None
+
+
+def _close_interrupted(live: _Live, stop_ray: bool) -> None:
+    """Mark the sweep's open MLflow runs KILLED and shut down the Ray it started. A further Ctrl-C
+    skips the step it lands in (``--resume`` closes leftover runs; process exit ends Ray)."""
+    import sys
+
+    from specialsam import sweep as tune_wiring
+
+    def kill_runs() -> None:
+        if live.tracker is not None and live.parent is not None:
+            live.tracker.kill_sweep(live.parent)
+
+    for step in [kill_runs, *([tune_wiring.stop_ray] if stop_ray else [])]:
+        try:
+            step()
+        except KeyboardInterrupt:
+            pass
+        except Exception as exc:  # noqa: BLE001 - the interrupt is what the user must see; this is a note
+            print(f"warning: while stopping: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+def _reusable_baselines(tracker: Tracker, parent: str) -> dict[str, Any]:
+    """A resumed sweep's finished baseline runs by key. One an interrupt cut short (KILLED, its
+    scores never logged) is deleted (MLflow's trash) and scored again, never reused or doubled."""
+    out = {}
+    for r in tracker.children(parent, "baseline"):
+        if r.info.status == "FINISHED":
+            out[r.data.tags.get(TRIAL_ID)] = r
+        else:
+            tracker.client.delete_run(r.info.run_id)
+    return out
+
+
+def _run_sweep(cfg: SweepConfig, opts: RunOptions, live: _Live) -> SweepOutcome | Plan:
     from specialsam import sweep as tune_wiring
     from specialsam.device import select_device
 
     # 1. every check on user input, before anything is written
     uri = resolve_tracking_uri(opts.tracking_uri, opts.cwd)
+    check_outputs(cfg, opts, uri)
     folder, state = _sweep_dir(cfg, opts)
     if state is not None and state["config"] != json.loads(json.dumps(config_to_dict(cfg))):
         raise UserError(
@@ -300,7 +427,7 @@ def run_sweep(cfg: SweepConfig, opts: RunOptions) -> SweepOutcome | Plan:
     task, models = prepare(cfg, opts)
     for line in task.notes:
         _say(f"note: {line}", opts)
-    cache = EmbeddingCache(Path(opts.cache_dir or cfg.storage.cache_dir or default_cache_dir()).expanduser())
+    cache = EmbeddingCache(_cache_root(cfg, opts)[0])
     dev = select_device()
     if opts.plan:
         import os
@@ -348,6 +475,7 @@ def run_sweep(cfg: SweepConfig, opts: RunOptions) -> SweepOutcome | Plan:
         "specialsam.scoring": "original-resolution",
         "specialsam.image_size": ",".join(f"{k}={v}" for k, v in image_size.items()),
     }
+    live.tracker, live.folder = tracker, folder
     if state is None:
         folder.mkdir(parents=True, exist_ok=True)
         parent = tracker.create_run(
@@ -359,18 +487,19 @@ def run_sweep(cfg: SweepConfig, opts: RunOptions) -> SweepOutcome | Plan:
                 "specialsam.models": ",".join(cfg.models),
             },
         )
+        live.parent = parent
         tracker.log_params(parent, config_to_dict(cfg))
         state = {"parent_run_id": parent, "config": config_to_dict(cfg), "best": {}, "done": []}
         _save_state(folder, state)
     else:
-        parent = state["parent_run_id"]
+        parent = live.parent = state["parent_run_id"]
         tracker.client.update_run(parent, status="RUNNING")
         closed = tracker.close_running(parent)
         _say(
             f"resuming sweep {folder.name} (parent run {parent}); {closed} interrupted run(s) marked KILLED",
             opts,
         )
-    existing = {r.data.tags.get(TRIAL_ID): r for r in tracker.children(parent, "baseline")}
+    existing = _reusable_baselines(tracker, parent)
     baselines: list[BaselineResult] = []
     baseline_primary, base_ret, base_extra = {}, {}, {}
     for name, (sam, _info) in models.items():
@@ -546,9 +675,17 @@ def _export_best(tracker, parent, cfg, rep, records, models, opts):
         return None
     sam, _ = models[best_cell.model]
     state = torch.load(chosen.checkpoint_dir / "decoder.pt", weights_only=True)
-    out_dir = Path(opts.export_dir or (opts.cwd / "exports")).resolve()
+    out_dir = _export_root(opts)
     stem = f"{cfg.task}-{best_cell.model}-specialised"
-    full, dec = export_specialised(sam, state, out_dir, stem)
+    try:
+        full, dec = export_specialised(sam, state, out_dir, stem)
+    except OSError as exc:  # checked before the sweep, so the folder changed since (or the disk filled)
+        if disk_full(exc):
+            raise
+        raise UserError(
+            f"{'--export-dir' if opts.export_dir else 'the export folder'} {out_dir}: cannot write the "
+            f"specialised model ({exc.strerror or exc}); fix it and rerun with --resume"
+        ) from None
     tracker.log_artifact(parent, dec, "export")
     if full.stat().st_size < 200 * 1024**2:
         tracker.log_artifact(parent, full, "export")
@@ -559,11 +696,9 @@ def _export_best(tracker, parent, cfg, rep, records, models, opts):
 def analyze_only(cfg: SweepConfig, opts: RunOptions, parent: str) -> SweepOutcome:
     """Rebuild the rules report of a finished sweep from MLflow alone."""
     uri = resolve_tracking_uri(opts.tracking_uri, opts.cwd)
-    tracker = Tracker(uri, opts.experiment or experiment_name(cfg.task))
-    try:
-        run = tracker.client.get_run(parent)
-    except Exception as exc:  # noqa: BLE001 - MLflow raises its own exception types
-        raise UserError(f"--analyze-only {parent}: no such run in {uri} ({type(exc).__name__})") from None
+    # look the run up first: a bogus id must not create a database or an experiment
+    tracker, run = Tracker.for_run(uri, parent, f"--analyze-only {parent}")
+    check_tracking_db(uri)  # the report is logged to it
     if run.data.tags.get(ROLE) != "sweep":
         raise UserError(
             f"--analyze-only {parent}: run is not a sweep parent run (role={run.data.tags.get(ROLE)})"

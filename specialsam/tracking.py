@@ -38,12 +38,63 @@ def resolve_tracking_uri(uri: str | None, cwd: Path | None = None) -> str:
     if uri.startswith(("http://", "https://")):
         check_server(uri)
         return uri.rstrip("/")
-    if "://" in uri:  # postgresql://, mysql://, databricks ...: MLflow validates these itself
+    if "://" in uri:  # postgresql://, mysql://, databricks ...: MLflow validates the rest itself
+        check_database_driver(uri)
         return uri
     raise UserError(
         f"tracking URI {uri!r} is a plain path; MLflow 3 needs a database or a server: "
         f"use sqlite:///{Path(uri).resolve() / 'mlflow.db'} or http://host:5000"
     )
+
+
+_DRIVER_PACKAGES = {
+    "psycopg": "psycopg[binary]",
+    "psycopg2": "psycopg2-binary",
+    "MySQLdb": "mysqlclient",
+    "pymysql": "PyMySQL",
+    "pyodbc": "pyodbc",
+    "pymssql": "pymssql",
+}
+"""Import name of a database driver -> the package that provides it."""
+
+_DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+"""SQLAlchemy-backed stores MLflow opens by URI scheme (``sqlite`` is handled apart)."""
+
+
+def check_database_driver(uri: str) -> None:
+    """A database tracking URI whose Python driver is missing fails now, in one line, instead of as
+    an ImportError traceback once the sweep first logs (after the embedding cache is filled).
+
+    SQLAlchemy imports the driver when the engine is built, before any connection is made."""
+    if uri.split("://", 1)[0].split("+", 1)[0] not in _DATABASE_SCHEMES:
+        return
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    try:
+        shown = make_url(uri).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - SQLAlchemy's URL parser raises several types
+        raise UserError(
+            "--tracking-uri: not a valid database URL (expected dialect://user@host/db)"
+        ) from None
+    try:
+        sqlalchemy.create_engine(uri).dispose()
+    except ImportError as exc:
+        name = (exc.name or "").split(".")[0]
+        package = _DRIVER_PACKAGES.get(name, name or "its driver")
+        raise UserError(
+            f"--tracking-uri {shown}: the database driver {name or '?'} is not installed; "
+            f"pip install {package} (or use sqlite:///... or http://host:5000)"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - an unknown dialect or a malformed URL
+        raise UserError(
+            f"--tracking-uri {shown}: MLflow cannot open it ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (None for any other store)."""
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
 
 def check_server(url: str, timeout: float = 5.0) -> None:
@@ -91,6 +142,25 @@ class Tracker:
         else:
             self.experiment_id = exp.experiment_id
         self.experiment = experiment
+
+    @classmethod
+    def for_run(cls, tracking_uri: str, run_id: str, label: str) -> tuple[Tracker, Any]:
+        """The tracker of an existing run's experiment, and the run; creates nothing (no database,
+        no experiment) when the run is not there. ``label`` names the flag in the error."""
+        from mlflow.tracking import MlflowClient
+
+        db = sqlite_path(tracking_uri)
+        if db is not None and not db.is_file():
+            raise UserError(
+                f"{label}: no MLflow database at {db}; pass the --tracking-uri the sweep logged to"
+            )
+        client = MlflowClient(tracking_uri)
+        try:
+            run = client.get_run(run_id)
+            exp = client.get_experiment(run.info.experiment_id)
+        except Exception as exc:  # noqa: BLE001 - MLflow raises its own exception types
+            raise UserError(f"{label}: no such run in {tracking_uri} ({type(exc).__name__})") from None
+        return cls(tracking_uri, exp.name), run  # the experiment exists: nothing is created
 
     # runs -----------------------------------------------------------------------------------
     def create_run(self, name: str, tags: dict[str, str], parent: str | None = None) -> str:
@@ -153,6 +223,14 @@ class Tracker:
             if r.info.status == "RUNNING":
                 self.finish(r.info.run_id, status)
                 n += 1
+        return n
+
+    def kill_sweep(self, parent: str) -> int:
+        """A stopped sweep (Ctrl-C) leaves no run RUNNING: its open children and the parent end as
+        KILLED, which ``--resume`` reopens. Returns how many children were open."""
+        n = self.close_running(parent)
+        if self.client.get_run(parent).info.status == "RUNNING":
+            self.finish(parent, "KILLED")
         return n
 
     def download_json(self, run_id: str, artifact: str) -> Any:

@@ -7,6 +7,11 @@ logits upsampled to the pack's loss resolution (256 px by default, so 2-5 px def
 visible), only inside the image (not the padding). The budget is both epochs and optimizer steps,
 so trials of different training-set sizes have predictable cost; warmup + cosine follow the
 budget. Validation mIoU each epoch drives early stopping and the kept (best) decoder.
+
+Training never hands back the untrained decoder silently: an empty validation split (nothing to
+pick the kept decoder by) is an error before the first step, a non-finite validation mIoU fails
+the trial, and a returned decoder equal to the starting one carries the health flag
+``unchanged``, which the report shows.
 """
 
 from __future__ import annotations
@@ -57,6 +62,9 @@ class TrainConfig:
     def validate(self) -> None:
         from specialsam.errors import UserError
 
+        floats = (self.lr, self.weight_decay, self.bce_weight, self.dice_weight, self.focal_weight)
+        if not all(math.isfinite(v) for v in floats):
+            raise UserError("lr, weight_decay and loss weights must be finite numbers (not inf or nan)")
         if not self.lr > 0:
             raise UserError(f"lr must be > 0, got {self.lr}")
         if min(self.bce_weight, self.dice_weight, self.focal_weight) < 0:
@@ -226,6 +234,28 @@ def validation_miou(sam: Sam, split: Split, primary: str, dev: DeviceChoice, bat
     return float(np.mean(ious)) if ious else float("nan")
 
 
+def unchanged(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> bool:
+    """Whether training left the decoder exactly as it started (every tensor equal)."""
+    return before.keys() == after.keys() and all(torch.equal(before[k].cpu(), after[k].cpu()) for k in before)
+
+
+def check_validation(val: Split, primary: str) -> None:
+    """Refuse to train without validation samples: the kept decoder is chosen by validation mIoU,
+    and with none it would stay the untrained one (the loaders make sure a val split exists)."""
+    from specialsam.errors import UserError
+
+    if len(val) == 0:
+        raise UserError(
+            "the validation split is empty, so fine-tuning could not choose a decoder and would return "
+            "the untrained one; give the task validation samples (e.g. data.val_fraction)"
+        )
+    if not np.asarray(val.prompts(primary)[2]).any():
+        raise UserError(
+            f"none of the {len(val)} validation samples has a usable '{primary}' prompt (empty masks?); "
+            "check the validation masks"
+        )
+
+
 def _health(history: list[dict[str, float]], step_losses: list[float]) -> list[str]:
     flags = []
     if any(h["train_loss"] < 0.01 for h in history):
@@ -272,6 +302,7 @@ def train_decoder(
     indices = pack.train_indices(cfg.n_train)
     res, side = pack.loss_res, pack.side
     primary = pack.manifest["primary"]
+    check_validation(val, primary)
     steps_per_epoch = math.ceil(len(indices) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
@@ -282,6 +313,7 @@ def train_decoder(
     history: list[dict[str, float]] = []
     step_losses: list[float] = []
     best_state = copy.deepcopy(sam.mask_decoder.state_dict())
+    start_state = {k: v.detach().cpu().clone() for k, v in best_state.items()}
     best_val, best_epoch, since_best, step, seen = -1.0, -1, 0, 0, 0
     t0 = time.time()
     stopped_early = False
@@ -324,6 +356,8 @@ def train_decoder(
             if fault_hook is not None:
                 fault_hook(step)
         val_miou = validation_miou(sam, val, primary, dev)
+        if not math.isfinite(val_miou):  # NaN > best is False: it would keep the untrained decoder
+            raise TrainingFailed(f"validation mIoU became {val_miou} at epoch {epoch}")
         metrics = {
             "epoch": epoch,
             "train_loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
@@ -346,14 +380,18 @@ def train_decoder(
     sam.mask_decoder.load_state_dict(best_state)
     for p in sam.parameters():
         p.requires_grad_(False)
+    final_state = {k: v.detach().cpu().clone() for k, v in best_state.items()}
+    health = _health(history, step_losses)
+    if unchanged(start_state, final_state):
+        health.append("unchanged")
     return TrainResult(
-        decoder_state={k: v.detach().cpu().clone() for k, v in best_state.items()},
+        decoder_state=final_state,
         history=history,
         best_epoch=best_epoch,
         best_val_miou=best_val,
         steps=step,
         seconds=time.time() - t0,
-        health=_health(history, step_losses),
+        health=health,
         stopped_early=stopped_early,
         samples_seen=seen,
     )

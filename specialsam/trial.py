@@ -14,6 +14,7 @@ config, so the figures are that sweep's (the CLI's own defaults differ, e.g. ima
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,14 +25,14 @@ import torch
 from specialsam.config import RuleSettings, SweepConfig, load_config, parse_override
 from specialsam.device import DeviceChoice, select_device
 from specialsam.embeddings import EmbeddingCache, default_cache_dir
-from specialsam.errors import UserError, cli_errors
+from specialsam.errors import UserError, check_writable_dir, cli_errors
 from specialsam.evaluate import Scores, bootstrap_ci, score_split
 from specialsam.models import MODEL_NAMES, load_model
 from specialsam.pack import EXTRA_PREFIX, Pack, PackSettings, build_pack, model_identity
 from specialsam.prompts import STRATEGIES
 from specialsam.rules import predicted_outcome
 from specialsam.scenes import retention_samples
-from specialsam.tasks import TASKS, load_task
+from specialsam.tasks import TASKS, load_task, n_train_remedy
 from specialsam.train import TrainConfig, TrainResult, train_decoder
 
 
@@ -71,7 +72,7 @@ def prepare_pack(
         task.keep_first_train(
             max_train,
             "--n-train",
-            "lower it or make the pool larger (e.g. --set n_synthetic=...)",
+            f"lower it or {n_train_remedy(task_name)}",
         )
     for line in task.notes:
         print(f"note: {line}", file=sys.stderr)
@@ -188,6 +189,9 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+FLOAT_FLAGS = ("lr", "bce_weight", "dice_weight", "focal_weight", "point_fraction")
+
+
 @dataclass
 class TrialSetup:
     """Everything one trial runs with, after flags, --config and defaults are merged."""
@@ -279,10 +283,14 @@ def resolve(args: argparse.Namespace) -> TrialSetup:
             f"unknown prompt strategy {(bad or [''])[0]!r} in --strategies; "
             f"choose from {', '.join(STRATEGIES)}"
         )
+    for name in FLOAT_FLAGS:  # argparse's float() takes "inf" and "nan"
+        value = pick(name)
+        if not math.isfinite(value):
+            raise UserError(f"--{name.replace('_', '-')} must be a finite number (got {value})")
     seed = pick("seed")
     train = TrainConfig(
         **train_extra,
-        **{k: pick(k) for k in ("lr", "bce_weight", "dice_weight", "focal_weight", "point_fraction")},
+        **{k: pick(k) for k in FLOAT_FLAGS},
         **{k: pick(k) for k in ("n_train", "epochs", "max_steps", "batch_size")},
         seed=seed,
     )
@@ -374,6 +382,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     setup = resolve(args)
+    check_writable_dir(
+        setup.cache_dir or default_cache_dir(), "--cache-dir" if args.cache_dir else "the embedding cache"
+    )
     cfg, strategies = setup.train, list(setup.pack.strategies)
     dev = select_device(args.device)
     task, sam, info, pack = prepare_pack(

@@ -106,8 +106,20 @@ def tasks_of(args: argparse.Namespace) -> list[str]:
     return [args.task]
 
 
-@cli_errors
 def main(argv: list[str] | None = None) -> int:
+    """Ctrl-C ends with one line (what to run to continue) and exit code 130, never a traceback."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as exc:
+        from specialsam.cli import EXIT_INTERRUPTED, interrupted_message
+
+        print(interrupted_message(exc, argv), file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+
+
+@cli_errors
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TQDM_MININTERVAL", "2")
     from specialsam.cli import run_cli

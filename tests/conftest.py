@@ -58,12 +58,15 @@ def ray_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
+    from specialsam.sweep import loopback_only
+
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     node = {"num_cpus": 1, "object_store_memory": 80 * 1024**2, "node_ip_address": "127.0.0.1"}
-    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
-    cluster.add_node(**node)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
+    with loopback_only():  # as a local sweep's Ray (init_ray): every Ray server listens on loopback only
+        cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+        cluster.add_node(**node)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False)
     yield cluster
     ray.shutdown()
     cluster.shutdown()

@@ -3,7 +3,9 @@
 Each task module exposes ``Options`` (a dataclass of its ``data:`` settings, with defaults) and
 ``load(data_root, options, seed) -> TaskData``. ``data_root=None`` means "no real data": the
 module returns its procedural stand-in, labelled ``data="procedural"``. A given but missing or
-malformed root is a ``UserError``, never a silent fallback.
+malformed root is a ``UserError``, never a silent fallback, and so is an empty train, val or test
+split (``load_task`` checks; a module may say what to do in ``EMPTY_SPLIT_REMEDY``, and what to do
+when a sweep wants more training samples than it has in ``N_TRAIN_REMEDY``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from types import ModuleType
 from typing import Any
 
 from specialsam.errors import UserError
-from specialsam.tasks.base import TaskData
+from specialsam.tasks.base import TaskData, check_splits
+
+GENERIC_EMPTY_SPLIT_REMEDY = "check the dataset under --data-root and the task's data: settings"
+GENERIC_N_TRAIN_REMEDY = "provide more training data"
 
 TASKS: dict[str, str] = {
     "carpet": "specialsam.tasks.carpet",  # MVTec AD (any category) + synthetic defects
@@ -51,4 +56,11 @@ def load_task(
     root = Path(data_root).expanduser() if data_root else None
     if root is not None and not root.exists():
         raise UserError(f"data root {root} does not exist; pass --data-root pointing at the {name} dataset")
-    return module.load(root, task_options(name, options), seed)
+    task = module.load(root, task_options(name, options), seed)
+    check_splits(task, getattr(module, "EMPTY_SPLIT_REMEDY", GENERIC_EMPTY_SPLIT_REMEDY))
+    return task
+
+
+def n_train_remedy(name: str) -> str:
+    """What a user of task ``name`` can do when a sweep asks for more training samples than exist."""
+    return getattr(task_module(name), "N_TRAIN_REMEDY", GENERIC_N_TRAIN_REMEDY)

@@ -4,6 +4,10 @@ A task knows a dataset layout (or generates a procedural stand-in) and nothing a
 caches or training. Splits are fixed by the task's seed so every trial of a sweep sees the same
 samples; ``train`` is ordered so that the first ``n`` samples form the training set of size ``n``
 (nested subsets make a learning curve comparable across sizes).
+
+No split may come out empty: without validation samples training has nothing to select the kept
+decoder by (it used to return the untrained one), and without test samples there is no verdict.
+Loaders raise :func:`empty_split_error` while loading, before a sweep writes anything.
 """
 
 from __future__ import annotations
@@ -70,3 +74,16 @@ class TaskData:
                 f"for {self.name}; {remedy}"
             )
         self.train = self.train[:n]
+
+
+def empty_split_error(task: str, split: str, where: str, why: str, remedy: str) -> UserError:
+    """The one-line error for a split that came out empty (``why``: what emptied it, may be "")."""
+    because = f": {why}" if why else ""
+    return UserError(f"task {task} has no {split} samples in {where}{because}; {remedy}")
+
+
+def check_splits(task: TaskData, remedy: str) -> None:
+    """A last guard for every loader: train, val and test all non-empty (``empty_split_error``)."""
+    for split in ("train", "val", "test"):
+        if not getattr(task, split):
+            raise empty_split_error(task.name, split, task.source or "the data", "", remedy)

@@ -31,6 +31,11 @@ larger images on load (area interpolation; masks nearest) so e.g. 3,000 COD10K t
 around 7 GB; lower it (or ``n_train``) on small machines. Horizontal-flip doubling (the study's)
 is the sweep's ``train.flip`` (on in ``sweeps/camouflage.yaml``): the pack adds the flipped copies
 of the *training* split only, after the split, so no flip of a test image is ever trained on.
+``max_pixels`` refuses a file whose header claims more pixels than that, before decoding.
+
+**Empty splits** are one-line errors while loading (e.g. a Test folder holding only NonCAM images,
+a Train folder too small to hold out a validation image, an extra test set whose masks are all
+empty), never an empty split handed to training or scoring.
 
 **Offline stand-in** (``data_root=None``): textured backgrounds (scikit-image's grass, gravel and
 brick photographs, colourised, and a procedural bark) with one animal-like blob whose interior is
@@ -51,8 +56,15 @@ import cv2
 import numpy as np
 
 from specialsam.errors import UserError
-from specialsam.tasks.base import Sample
-from specialsam.tasks.io import list_images, read_image, read_mask, resize_pair
+from specialsam.tasks.base import Sample, empty_split_error
+from specialsam.tasks.io import (
+    DEFAULT_MAX_PIXELS,
+    check_max_pixels,
+    list_images,
+    read_image,
+    read_mask,
+    resize_pair,
+)
 from specialsam.tasks.splits import (
     TaskDataWithExtras,
     dedupe_samples,
@@ -60,6 +72,8 @@ from specialsam.tasks.splits import (
     split_keys,
 )
 
+N_TRAIN_REMEDY = "raise data.n_train (or null for all of COD10K Train) or add training images"
+"""What to do when a sweep asks for more training samples than the task loaded."""
 SUPER_CLASSES = ("Aquatic", "Terrestrial", "Flying", "Amphibian", "Other")
 COD_NAME = re.compile(r"^COD10K-(CAM|NonCAM)-(\d+)-([A-Za-z]+)-(\d+)-([A-Za-z0-9_]+)-(\d+)$")
 EXTRA_LAYOUTS = (
@@ -83,6 +97,8 @@ class Options:
     """Cap on each test set (COD10K Test and every extra set; seeded subset); None = all."""
     max_side: int | None = 1024
     """Downscale images whose longer side exceeds this on load (memory); None keeps full size."""
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    """Refuse image or mask files above this many pixels (read from the header); None: no limit."""
     category: str = "super"
     """super: Sample.category = super-class (Aquatic...); class: 'Aquatic/BatFish'."""
     extra_test_sets: dict[str, str] = field(default_factory=dict)
@@ -123,6 +139,7 @@ def _check_options(o: Options) -> None:
     for name in ("procedural_train", "procedural_test"):
         if getattr(o, name) < 3:
             raise UserError(f"data.{name}={getattr(o, name)} for task camouflage; use at least 3")
+    check_max_pixels(o.max_pixels, "camouflage")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,8 +189,8 @@ def _load_pairs(
     """Samples from (image, mask) pairs; returns them and how many empty masks were skipped."""
     out, empty = [], 0
     for img_path, mask_path in pairs:
-        image = read_image(img_path)
-        mask = read_mask(mask_path, expected_hw=image.shape[:2], image_path=img_path)
+        image = read_image(img_path, options.max_pixels)
+        mask = read_mask(mask_path, image.shape[:2], img_path, options.max_pixels)
         if not mask.any() and not keep_empty:
             empty += 1
             continue
@@ -208,6 +225,24 @@ def find_image_mask_dirs(path: Path, what: str) -> tuple[Path, Path]:
     raise UserError(f"{what}: {path} has no image and mask folders; expected one of {layouts}")
 
 
+def _empty(split: str, root: Path, why: str, dups: list) -> None:
+    """A split with no samples left: a one-line error saying what emptied it."""
+    n_dup = sum(d.dropped_split == split for d in dups)
+    dropped = f"{n_dup} exact duplicates of earlier splits dropped" if n_dup else ""
+    reasons = ", ".join(r for r in (why, dropped) if r)
+    if split.startswith("extra:"):
+        name = split.removeprefix("extra:")
+        raise empty_split_error(
+            "camouflage", f"data.extra_test_sets.{name}", str(root), reasons, "fix or remove that test set"
+        )
+    remedy = {
+        "train": "check COD10K Train's images and GT_Object masks",
+        "val": "raise data.val_fraction or add images to COD10K Train",
+        "test": "COD10K Test needs camouflaged (CAM) images with non-empty GT_Object masks",
+    }[split]
+    raise empty_split_error("camouflage", split, str(root), reasons, remedy)
+
+
 def load_real(root: Path, options: Options, seed: int) -> TaskDataWithExtras:
     root = cod10k_root(root)
     notes: list[str] = []
@@ -239,6 +274,8 @@ def load_real(root: Path, options: Options, seed: int) -> TaskDataWithExtras:
         img_dir, mask_dir = find_image_mask_dirs(Path(path).expanduser(), what)
         pairs, nc = _pairs(img_dir, mask_dir, what)
         samples, empty = _load_pairs(_cap(pairs, options.n_test, seed, f"extra-{name}"), options, name)
+        if not samples:
+            _empty(f"extra:{name}", img_dir, f"{len(pairs)} images, {empty} with empty masks", [])
         splits[f"extra:{name}"] = samples
         notes.append(
             f"extra test set {name}: {len(samples)} images from {img_dir}"
@@ -246,6 +283,15 @@ def load_real(root: Path, options: Options, seed: int) -> TaskDataWithExtras:
             + (f" ({nc} NonCAM skipped)" if nc else "")
         )
     splits, dups = dedupe_samples(splits)
+    why = {
+        "train": f"{len(tr)} images held for training, {e1} with empty masks",
+        "val": f"{len(va)} of COD10K Train's {len(by_img)} CAM images held out by data.val_fraction "
+        f"{options.val_fraction}, {e2} with empty masks",
+        "test": f"{len(test_pairs)} CAM images ({nc_test} NonCAM skipped), {e3} with empty masks",
+    }
+    for name, samples in splits.items():
+        if not samples:
+            _empty(name, root, why.get(name, ""), dups)
     if (dn := duplicates_note(dups)) is not None:
         notes.append(dn)
     notes.insert(

@@ -20,7 +20,8 @@ Splits, as in the study:
 Good images are assigned to synthetic samples in shuffled rounds (every training good image is
 used once before any is used twice). No flips or other augmentation here: training applies them
 after the split. ``max_side`` optionally downscales every image (area) and mask (nearest)
-before synthesis; the synthetic defect sizes then scale with the downscaled image.
+before synthesis; the synthetic defect sizes then scale with the downscaled image. ``max_pixels``
+refuses a file whose header claims more pixels than that, before decoding (see ``io``).
 
 Without a data root the procedural carpet stand-in (``procedural_carpet``) takes the place of
 the good images and of the real test defects; train and val go through the same synthesis.
@@ -46,6 +47,8 @@ STANDIN_NOTE = (
     "using the procedural carpet stand-in; pass --data-root /path/to/mvtec_anomaly_detection to use MVTec AD"
 )
 MASK_SUFFIX = "_mask"
+N_TRAIN_REMEDY = "raise data.n_synthetic (the synthetic training pool)"
+"""What to do when a sweep asks for more training samples than the pool holds."""
 
 # rng stream ids (np.random.default_rng([seed, stream, ...])): one per independent decision
 _SPLIT, _TRAIN, _VAL = 1, 2, 3
@@ -63,6 +66,8 @@ class Options:
     """Fraction of good images reserved for validation samples (never used for training ones)."""
     max_side: int | None = None
     """Downscale images so the longer side is at most this (None: keep the files' size)."""
+    max_pixels: int | None = io.DEFAULT_MAX_PIXELS
+    """Refuse image or mask files above this many pixels (read from the header); None: no limit."""
     standin_size: int = 512
     """Stand-in only: image side in pixels."""
     standin_good: int = 60
@@ -91,6 +96,7 @@ def _validate(o: Options) -> None:
         raise bad("standin_size", "an integer of at least 64", o.standin_size)
     if not isinstance(o.category, str) or not o.category or "/" in o.category or "\\" in o.category:
         raise bad("category", "an MVTec AD category folder name such as carpet", o.category)
+    io.check_max_pixels(o.max_pixels, NAME)
 
 
 def split_good(n_good: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -182,7 +188,7 @@ def _mask_path(gt_dir: Path, image: Path) -> Path | None:
     return None
 
 
-def _read_test(cat: Path, category: str, max_side: int | None) -> tuple[list[Sample], list[str]]:
+def _read_test(cat: Path, category: str, o: Options) -> tuple[list[Sample], list[str]]:
     test_dir, gt_root = cat / "test", cat / "ground_truth"
     if not test_dir.is_dir():
         raise UserError(
@@ -209,9 +215,9 @@ def _read_test(cat: Path, category: str, max_side: int | None) -> tuple[list[Sam
                     f"(expected {gt_root / defect / (img_path.stem + MASK_SUFFIX + '.png')}); "
                     "add the mask or remove the image"
                 )
-            image = io.read_image(img_path)
-            mask = io.read_mask(mask_path, expected_hw=image.shape[:2], image_path=img_path)
-            image, mask = io.resize_pair(image, mask, max_side)
+            image = io.read_image(img_path, o.max_pixels)
+            mask = io.read_mask(mask_path, image.shape[:2], img_path, o.max_pixels)
+            image, mask = io.resize_pair(image, mask, o.max_side)
             key = f"test/{defect}/{img_path.name}"
             if not mask.any():
                 empty.append(key)
@@ -239,10 +245,10 @@ def _load_mvtec(root: Path, o: Options, seed: int) -> TaskData:
             f"only one good image in {good_dir}; at least 2 are needed "
             "(training and validation use separate ones)"
         )
-    test, empty = _read_test(cat, o.category, o.max_side)
+    test, empty = _read_test(cat, o.category, o)
 
     def loader(path: Path) -> Callable[[], np.ndarray]:
-        return lambda: io.resize_image(io.read_image(path), o.max_side)
+        return lambda: io.resize_image(io.read_image(path, o.max_pixels), o.max_side)
 
     goods = [(f"train/good/{p.name}", loader(p)) for p in good_paths]
     train, val, n_tr, n_va = _train_val(goods, o, seed)
@@ -254,7 +260,7 @@ def _load_mvtec(root: Path, o: Options, seed: int) -> TaskData:
     ]
     if empty:
         notes.append(f"skipped {len(empty)} test images with empty masks (e.g. {empty[0]})")
-    first = io.read_image(good_paths[0])
+    first = io.read_image(good_paths[0], o.max_pixels)
     if (first[..., 0] == first[..., 1]).all() and (first[..., 1] == first[..., 2]).all():
         notes.append(
             f"MVTec {o.category} is grayscale: the synthetic hue-shifted circle defect leaves grey pixels "

@@ -21,11 +21,15 @@ bands along edges, and compression noise scatters them, so neither counts as a l
 Images whose mask has no foreground are skipped (counted in a note).
 
 **Splits.** ``DIR/splits.csv`` with columns ``stem,split`` (split in train/val/test; an optional
-``category`` column fills ``Sample.category``) fixes the split; it must cover every image.
-Without it, images are split by the seed with ``val_fraction`` / ``test_fraction``. Either way
+``category`` column fills ``Sample.category``) fixes the split; it must cover every image. When it
+has train and test rows but no val rows, a seeded ``val_fraction`` of its train images (whole
+images: every instance of one image stays together) becomes the validation split, with a note.
+Without it, images are split by the seed with ``val_fraction`` / ``test_fraction``. A split that
+ends up empty (no rows, every mask empty, all duplicates) is a one-line error while loading. Either way
 train is seeded-shuffled (its first ``n`` samples are a nested subset), and an exact-duplicate
 image found in two splits is dropped from the later one, with a note (see ``splits``).
-``max_side`` downscales large images on load (masks by nearest neighbour).
+``max_side`` downscales large images on load (masks by nearest neighbour); ``max_pixels``
+refuses files whose header claims more pixels than that, before decoding (see ``io``).
 """
 
 from __future__ import annotations
@@ -38,11 +42,34 @@ import cv2
 import numpy as np
 
 from specialsam.errors import UserError
-from specialsam.tasks.base import Sample, TaskData
-from specialsam.tasks.io import _decode, binarize_mask, list_images, read_image, resize_image, resize_mask
-from specialsam.tasks.splits import SPLITS, dedupe_samples, duplicates_note, split_keys, stable_rng
+from specialsam.tasks.base import Sample, TaskData, empty_split_error
+from specialsam.tasks.io import (
+    DEFAULT_MAX_PIXELS,
+    _decode,
+    binarize_mask,
+    check_max_pixels,
+    list_images,
+    read_image,
+    resize_image,
+    resize_mask,
+)
+from specialsam.tasks.splits import (
+    SPLITS,
+    Duplicate,
+    dedupe_samples,
+    duplicates_note,
+    split_counts,
+    split_keys,
+    stable_rng,
+)
 
 LOSSY_SUFFIXES = (".jpg", ".jpeg", ".webp")
+N_TRAIN_REMEDY = "add images and masks, or move rows of splits.csv to train"
+"""What to do when the sweep asks for more training samples than the folder's train split has."""
+EMPTY_SPLIT_REMEDY = (
+    "set data.val_fraction and data.test_fraction above 0, or add val and test rows to splits.csv"
+)
+"""What to do when a split is empty because its fraction is 0 (``load_task`` refuses it)."""
 
 
 @dataclass
@@ -56,6 +83,8 @@ class Options:
     """A mask value is a label only if its solid interior covers this much of the image."""
     max_side: int | None = 1024
     """Downscale images whose longer side exceeds this (memory); None keeps full size."""
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    """Refuse image or mask files above this many pixels (read from the header); None: no limit."""
 
 
 def _first(names: list[str], n: int = 5) -> str:
@@ -185,6 +214,91 @@ def _check_options(o: Options) -> None:
         )
     if o.max_side is not None and o.max_side < 16:
         raise UserError(f"data.max_side={o.max_side} for task folder; use at least 16 or leave it unset")
+    check_max_pixels(o.max_pixels, "folder")
+
+
+def _folder(path: Path, what: str) -> None:
+    if path.is_dir():
+        return
+    if path.exists():
+        raise UserError(f"{path} is a file, not a folder; --task folder needs DIR/images and DIR/masks")
+    raise UserError(f"{path} does not exist; {what}")
+
+
+def _csv_groups(
+    csv_path: Path, images: dict[str, Path], options: Options, seed: int
+) -> tuple[dict[str, list[str]], dict[str, str], list[str]]:
+    """Stems per split from splits.csv (train and test rows required; val carved when absent)."""
+    split_of, category = _read_splits_csv(csv_path, set(images))
+    groups = {s: sorted(k for k, v in split_of.items() if v == s) for s in SPLITS}
+    notes = [f"splits from {csv_path}"]
+    for split in ("train", "test"):
+        if not groups[split]:
+            raise UserError(
+                f"{csv_path} has no {split} rows, so the {split} split would be empty; "
+                f"mark some images split={split} (or remove the file for a seeded split)"
+            )
+    if not groups["val"]:
+        n_train, n_val, _ = split_counts(len(groups["train"]), options.val_fraction, 0.0)
+        if n_val == 0:
+            raise UserError(
+                f"{csv_path} has no val rows and data.val_fraction={options.val_fraction} of its "
+                f"{len(groups['train'])} train images is none; add val rows or raise data.val_fraction"
+            )
+        order = stable_rng(seed, "folder-val-carve").permutation(len(groups["train"]))
+        carved = {groups["train"][i] for i in order[:n_val]}
+        groups["val"] = sorted(carved)
+        groups["train"] = [k for k in groups["train"] if k not in carved]
+        notes.append(
+            f"{csv_path} has no val rows: {n_val} of its {n_train + n_val} train images "
+            f"(data.val_fraction {options.val_fraction}, seed {seed}) form the validation split"
+        )
+    order = stable_rng(seed, "folder-train-order").permutation(len(groups["train"]))
+    groups["train"] = [groups["train"][i] for i in order]
+    return groups, category, notes
+
+
+def _seeded_groups(images: dict[str, Path], options: Options, seed: int, csv_path: Path):
+    tr, va, te = split_keys(list(images), options.val_fraction, options.test_fraction, seed, salt="folder")
+    for split, keys, key in (("val", va, "val_fraction"), ("test", te, "test_fraction")):
+        if not keys and getattr(options, key) > 0:  # 0 asks for no such split: load_task refuses it
+            raise UserError(
+                f"the seeded split of the {len(images)} images in {csv_path.parent / 'images'} leaves no "
+                f"{split} images (data.{key}={getattr(options, key)}); raise data.{key}, add images, "
+                f"or add {csv_path} (stem,split)"
+            )
+    note = (
+        f"seeded split (seed {seed}): val_fraction {options.val_fraction}, "
+        f"test_fraction {options.test_fraction}; add {csv_path} (stem,split) to fix it"
+    )
+    return {"train": tr, "val": va, "test": te}, note
+
+
+def _check_not_empty(
+    splits: dict[str, list[Sample]],
+    groups: dict[str, list[str]],
+    empty: dict[str, int],
+    dups: list[Duplicate],
+    data_root: Path,
+    csv_used: bool,
+) -> None:
+    """Every split kept samples; else say what emptied it (empty masks, duplicates) and what to do."""
+    for split in SPLITS:
+        if splits[split] or not groups[split]:
+            continue
+        why = [f"all {len(groups[split])} of its images were skipped"]
+        if empty[split]:
+            why.append(f"{empty[split]} masks have no foreground")
+        n_dup = sum(d.dropped_split == split for d in dups)
+        if n_dup:
+            why.append(f"{n_dup} are exact duplicates of images in an earlier split")
+        if empty[split]:
+            remedy = f"check the masks in {data_root / 'masks'} (foreground must be non-zero)"
+        elif csv_used:
+            remedy = f"give the {split} split other images in {data_root / 'splits.csv'}"
+        else:
+            remedy = "add distinct images"
+        raise empty_split_error("folder", split, str(data_root), ", ".join(why), remedy)
 
 
 def load(data_root: Path | None, options: Options, seed: int) -> TaskData:
@@ -192,10 +306,8 @@ def load(data_root: Path | None, options: Options, seed: int) -> TaskData:
         raise UserError("--task folder needs --data-root DIR with images/ and masks/")
     _check_options(options)
     img_dir, mask_dir = data_root / "images", data_root / "masks"
-    if not img_dir.is_dir():
-        raise UserError(f"{img_dir} does not exist; --task folder needs DIR/images and DIR/masks")
-    if not mask_dir.is_dir():
-        raise UserError(f"{mask_dir} does not exist; put one mask per image there (same file stem)")
+    _folder(img_dir, "--task folder needs DIR/images and DIR/masks")
+    _folder(mask_dir, "put one mask per image there (same file stem)")
     images = _by_stem(list_images(img_dir), img_dir)
     if not images:
         raise UserError(
@@ -215,30 +327,23 @@ def load(data_root: Path | None, options: Options, seed: int) -> TaskData:
 
     csv_path = data_root / "splits.csv"
     category: dict[str, str] = {}
-    if csv_path.is_file():
-        split_of, category = _read_splits_csv(csv_path, set(images))
-        groups = {s: sorted(k for k, v in split_of.items() if v == s) for s in SPLITS}
-        order = stable_rng(seed, "folder-train-order").permutation(len(groups["train"]))
-        groups["train"] = [groups["train"][i] for i in order]
-        notes.append(f"splits from {csv_path}")
+    csv_used = csv_path.is_file()
+    if csv_used:
+        groups, category, csv_notes = _csv_groups(csv_path, images, options, seed)
+        notes += csv_notes
     else:
-        tr, va, te = split_keys(
-            list(images), options.val_fraction, options.test_fraction, seed, salt="folder"
-        )
-        groups = {"train": tr, "val": va, "test": te}
-        notes.append(
-            f"seeded split (seed {seed}): val_fraction {options.val_fraction}, "
-            f"test_fraction {options.test_fraction}; add {csv_path} (stem,split) to fix it"
-        )
+        groups, note = _seeded_groups(images, options, seed, csv_path)
+        notes.append(note)
 
     splits: dict[str, list[Sample]] = {}
-    empty, n_multi = 0, 0
+    empty = dict.fromkeys(SPLITS, 0)
+    n_multi = 0
     for split in SPLITS:
         out = []
         for stem in groups[split]:
             img_path, mask_path = images[stem], masks[stem]
-            image = read_image(img_path)
-            raw = _decode(mask_path, cv2.IMREAD_UNCHANGED, "mask")
+            image = read_image(img_path, options.max_pixels)
+            raw = _decode(mask_path, cv2.IMREAD_UNCHANGED, "mask", options.max_pixels)
             if tuple(raw.shape[:2]) != tuple(image.shape[:2]):
                 raise UserError(
                     f"mask {mask_path} is {raw.shape[1]}x{raw.shape[0]} (WxH) but its image {img_path} is "
@@ -248,7 +353,7 @@ def load(data_root: Path | None, options: Options, seed: int) -> TaskData:
             n_multi += targets[0][0] != ""
             kept = [(sfx, m) for sfx, m in targets if m.any()]
             if not kept:
-                empty += 1
+                empty[split] += 1
                 continue
             small = resize_image(image, options.max_side)  # one array shared by an image's instances
             for sfx, m in kept:
@@ -257,8 +362,10 @@ def load(data_root: Path | None, options: Options, seed: int) -> TaskData:
                 )
         splits[split] = out
     splits, dups = dedupe_samples(splits)
-    if empty:
-        notes.append(f"{empty} images skipped: their mask has no foreground")
+    _check_not_empty(splits, groups, empty, dups, data_root, csv_used)
+    n_empty = sum(empty.values())
+    if n_empty:
+        notes.append(f"{n_empty} images skipped: their mask has no foreground")
     if n_multi:
         notes.append(f"{n_multi} multi-valued masks split into one sample per value (data.split_instances)")
     if (dn := duplicates_note(dups)) is not None:

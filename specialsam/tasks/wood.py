@@ -46,6 +46,9 @@ radial/linear coordinates, fibre streaks, low-frequency colour, knots) in five c
 (pale, oak, walnut, reddish, grey), then the same clustering, split and mosaics. Grain runs along
 one axis (within 15 degrees) in every texture, as in photographs of boards, so tiles of one
 cluster differ by ring pattern, period, figure and shade rather than by a rotated grain.
+
+``n_train``, ``n_val`` and ``n_test`` are at least 1 (an empty split trains or tests nothing);
+``max_pixels`` refuses a photograph whose header claims more pixels than that, before decoding.
 """
 
 from __future__ import annotations
@@ -59,11 +62,13 @@ import numpy as np
 
 from specialsam.errors import UserError
 from specialsam.tasks.base import Sample
-from specialsam.tasks.io import list_images, read_image
+from specialsam.tasks.io import DEFAULT_MAX_PIXELS, check_max_pixels, list_images, read_image
 from specialsam.tasks.splits import TaskDataWithExtras, content_hash, split_counts, split_keys, stable_rng
 from specialsam.tasks.texture_features import cluster_textures
 
 MODES = ("standard", "hard")
+N_TRAIN_REMEDY = "raise data.n_train (training mosaics are generated, any number works)"
+"""What to do when a sweep asks for more training mosaics than the task built."""
 LAYOUTS = ("random", "fixed")
 
 
@@ -95,6 +100,8 @@ class Options:
     """A local torchvision resnet18 state dict: cluster on its features, as the study did."""
     n_textures: int = 80
     """Procedural stand-in only: how many textures to generate."""
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    """Refuse texture photographs above this many pixels (read from the header); None: no limit."""
 
 
 @dataclass
@@ -161,9 +168,10 @@ def _check_options(o: Options) -> None:
         raise bad("seam_amplitude", o.seam_amplitude, "use a value in [0, 0.2]")
     if o.n_clusters < 2:
         raise bad("n_clusters", o.n_clusters, "use at least 2 clusters")
-    for name in ("n_train", "n_val", "n_test"):
-        if getattr(o, name) < 0:
-            raise bad(name, getattr(o, name), "use a count >= 0")
+    for name in ("n_train", "n_val", "n_test"):  # an empty split trains nothing or tests nothing
+        if getattr(o, name) < 1:
+            raise bad(name, getattr(o, name), "use a count >= 1")
+    check_max_pixels(o.max_pixels, "wood")
     if not (0 < o.val_fraction and 0 < o.test_fraction and o.val_fraction + o.test_fraction < 0.9):
         raise bad(
             "val_fraction",
@@ -250,7 +258,11 @@ def load_real_textures(root: Path, options: Options) -> tuple[list[Texture], lis
             f"{len(set(species.values()))} species"
         )
     textures = [
-        Texture(p.name, _fit_texture(read_image(p), options.mosaic_size), species=species.get(p.name, ""))
+        Texture(
+            p.name,
+            _fit_texture(read_image(p, options.max_pixels), options.mosaic_size),
+            species=species.get(p.name, ""),
+        )
         for p in paths
     ]
     return textures, notes
