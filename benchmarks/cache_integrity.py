@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/cache_integrity.py --sweeps 0  # without the sweep A/B (about a minute)
     .venv/bin/python benchmarks/cache_integrity.py --smoke --json out.json   # seconds (the tests)
 
-Every measurement runs the same code with the checks on and off (``specialsam.embeddings.VERIFY``,
+Every measurement runs the same code with the checks on and off (``specialsam.finetune.cache.VERIFY``,
 which only this script sets; no user setting turns the checks off), alternating on/off, the
 median of the repeats:
 
@@ -21,7 +21,7 @@ median of the repeats:
    32 KB) and of SAM's vit_b (256x64x64 fp16, 2 MB): the driver's check and a first read per
    entry, and what that means for the default carpet sweep's 8,389 images per model.
 4. **Sweep A/B** (``--sweeps N`` pairs; full mode 1, else 0): the whole smoke sweep
-   (``specialsam.runner.run_sweep``) on the warm cache, alternately without and with the checks
+   (``specialsam.sweep.driver.run_sweep``) on the warm cache, alternately without and with the checks
    (a fresh local Ray per sweep; the trial workers get the switch through Ray's
    ``worker_process_setup_hook``); driver wall time.
 
@@ -45,8 +45,8 @@ import torch
 from _common import machine_info, markdown_table
 from overhead import SMOKE_SETS, bench_root, header, mode_of, reference_trial, write_json
 
-from specialsam import embeddings
 from specialsam.config import SweepConfig, default_config_path, load_config
+from specialsam.finetune import cache as embeddings
 
 DEFAULT_SWEEP_IMAGES = 8389
 """Images the shipped carpet sweep encodes per model (benchmarks/encoder_cache.py)."""
@@ -55,9 +55,9 @@ SIZES = {"tiny (64x16x16)": (64, 16, 16), "vit_b (256x64x64)": (256, 64, 64)}
 
 def checks_off() -> None:
     """The "without" side of the A/B (also run in Ray workers, see ``sweep_ab``)."""
-    import specialsam.embeddings
+    import specialsam.finetune.cache
 
-    specialsam.embeddings.VERIFY = False
+    specialsam.finetune.cache.VERIFY = False
 
 
 def set_checks(on: bool) -> None:
@@ -103,9 +103,9 @@ HEAD = ["measurement", "without checks s", "with checks s", "difference s", "wit
 # ------------------------------------------------------------------------------------- parts
 def build_packs(cfg: SweepConfig, root: Path) -> tuple[Any, dict[str, tuple[Any, Any]], float]:
     """The sweep driver's task and models, packs built once (cold) into ``root/cache``."""
-    from specialsam.embeddings import EmbeddingCache
-    from specialsam.pack import build_pack, model_identity
-    from specialsam.runner import RunOptions, pack_settings, prepare, retention_set
+    from specialsam.finetune.cache import EmbeddingCache
+    from specialsam.finetune.pack import build_pack, model_identity
+    from specialsam.sweep.driver import RunOptions, pack_settings, prepare, retention_set
 
     task, models = prepare(cfg, RunOptions(cwd=root))
     t0 = time.perf_counter()
@@ -124,9 +124,9 @@ def build_packs(cfg: SweepConfig, root: Path) -> tuple[Any, dict[str, tuple[Any,
 
 def driver_part(cfg: SweepConfig, root: Path, task, models, repeats: int) -> tuple[dict, dict, Any]:
     """``build_pack`` as a rerun's driver runs it, per model; returns timings, sizes, the first pack."""
-    from specialsam.embeddings import EmbeddingCache
-    from specialsam.pack import Pack, build_pack, model_identity
-    from specialsam.runner import pack_settings, retention_set
+    from specialsam.finetune.cache import EmbeddingCache
+    from specialsam.finetune.pack import Pack, build_pack, model_identity
+    from specialsam.sweep.driver import pack_settings, retention_set
 
     folders = {}
 
@@ -151,8 +151,8 @@ def driver_part(cfg: SweepConfig, root: Path, task, models, repeats: int) -> tup
 
 def trial_part(cfg: SweepConfig, pack_folder: Path, cache_root: Path, repeats: int, threads: int) -> dict:
     """One trial's work with a freshly opened pack (what a Tune trial does), and its reads alone."""
-    from specialsam.embeddings import EmbeddingCache
-    from specialsam.pack import Pack
+    from specialsam.finetune.cache import EmbeddingCache
+    from specialsam.finetune.pack import Pack
 
     train = {
         k: getattr(cfg.train, k)
@@ -189,7 +189,7 @@ def trial_part(cfg: SweepConfig, pack_folder: Path, cache_root: Path, repeats: i
 
 def size_part(root: Path, n: dict[str, int], repeats: int) -> list[dict]:
     """Per-entry driver check and first read, by embedding size, on synthetic entries."""
-    from specialsam.embeddings import EmbeddingCache
+    from specialsam.finetune.cache import EmbeddingCache
 
     rng = np.random.default_rng(0)
     out = []
@@ -255,8 +255,8 @@ def sweep_ab(cfg: SweepConfig, root: Path, pairs: int) -> dict[str, list[float]]
     import ray
     from ray import cloudpickle
 
-    from specialsam import sweep
-    from specialsam.runner import RunOptions, run_sweep
+    from specialsam.sweep import phases as sweep
+    from specialsam.sweep.driver import RunOptions, run_sweep
 
     if __name__ != "__main__":  # imported (not run as a script): send the hook by value, not by name
         cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -24,8 +24,8 @@ from _common import machine_info, matmul_peak, median
 from decoder_step import count_flops
 
 from specialsam.device import select_device
-from specialsam.models import get_spec, load_model
-from specialsam.train import TrainConfig, batch_logits, segmentation_loss, trainable_decoder
+from specialsam.finetune.train import TrainConfig, batch_logits, segmentation_loss, trainable_decoder
+from specialsam.models.registry import get_spec, load_model
 
 LOSS_RES = 256
 

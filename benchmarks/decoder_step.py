@@ -11,7 +11,7 @@ Variants, per model (random-init weights: speed does not depend on the weights):
   ``sam.mask_decoder(..., multimask_output=False)``), upsample the low-res logits bilinearly to the
   model's input size (1024 px for SAM; 256 px for the tiny models), BCE + Dice against a target of
   that size, backward, AdamW step on the mask decoder. Always fp32.
-- **ours**: ``specialsam.train``'s step. A batch of B *different* images' fp16 embeddings,
+- **ours**: ``specialsam.finetune.train``'s step. A batch of B *different* images' fp16 embeddings,
   memory-mapped ``.npy`` as the embedding cache stores them and cast to fp32 (as
   ``Split.embeddings``), ``batch_logits`` (``decode_batched`` + upsample to the loss resolution),
   ``segmentation_loss``, backward, gradient clipping, AdamW step. Loss at 256 px (the training
@@ -51,8 +51,7 @@ from _common import machine_info, markdown_table, matmul_peak, median, time_repe
 from torch.utils.flop_counter import FlopCounterMode
 
 from specialsam.device import DeviceChoice, select_device
-from specialsam.models import get_spec, load_model
-from specialsam.train import (
+from specialsam.finetune.train import (
     TrainConfig,
     accumulate_gradients,
     decoder_optimizer,
@@ -60,6 +59,7 @@ from specialsam.train import (
     segmentation_loss,
     trainable_decoder,
 )
+from specialsam.models.registry import get_spec, load_model
 
 LOW_RES = 256
 """The training default loss resolution (the pack's ``loss_res``)."""

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/early_stopping.py --quick    # 1 repeat, 4 trials, tiny settings
     .venv/bin/python benchmarks/early_stopping.py --json out.json --repeats 5 --trials 8
 
-Two arms, each a phase-A search (``specialsam.sweep.run_phase``, the sweep's own code) with the
+Two arms, each a phase-A search (``specialsam.sweep.phases.run_phase``, the sweep's own code) with the
 same number of trials over the same ``search.space`` at ``search.n_train``:
 
 - **asha+optuna**: the shipped default: Optuna (TPE) proposes, ASHA stops weak trials early on
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{', '.join(cfg.search.space)}\n",
         flush=True,
     )
-    from specialsam.sweep import tune_param_space
+    from specialsam.sweep.phases import tune_param_space
 
     h = open_harness(cfg, root, args.threads)
     results: list[dict[str, Any]] = []

@@ -18,11 +18,11 @@ the config into a fresh cache, counting ``EmbeddingCache.encoder_calls``. Checks
 
 The script exits 1 if a check fails.
 
-Part 2, **images/s** of the encoder (``specialsam.inference.encode``, what the cache's precompute
+Part 2, **images/s** of the encoder (``specialsam.models.inference.encode``, what the cache's precompute
 runs) for tiny-s and tiny-m (shipped weights) and vit_t and vit_b (random init: speed does not
 depend on the weights; no checkpoint needed), on the task's images, after one warm-up batch, and
 what that means for the default sweep's encoder time per model. The ``plan`` column is the
-throughput ``sweeps/run.py --plan`` assumes (``specialsam.plan.ENCODE_IMAGES_PER_S``).
+throughput ``sweeps/run.py --plan`` assumes (``specialsam.sweep.plan.ENCODE_IMAGES_PER_S``).
 
 Torch runs ``--threads`` threads (default 1, as trials do; the sweep driver's precompute uses all
 cores). Timings taken while other jobs share the machine are not valid; the header flags it.
@@ -74,10 +74,10 @@ def default_sweep_images() -> tuple[int, dict[str, int]]:
 def encoder_speed(
     name: str, images: list, mode: str, threads: int, precision: str = "fp32"
 ) -> dict[str, Any]:
-    from specialsam.embeddings import encoder_precision
-    from specialsam.inference import encode
-    from specialsam.models import load_model
-    from specialsam.plan import ENCODE_IMAGES_PER_S
+    from specialsam.finetune.cache import encoder_precision
+    from specialsam.models.inference import encode
+    from specialsam.models.registry import load_model
+    from specialsam.sweep.plan import ENCODE_IMAGES_PER_S
 
     n, batch, repeats = speed_plan(mode, name)
     torch.set_num_threads(threads)
@@ -144,11 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info(torch.device("cpu"))
     print(header("Embedding cache: encoder calls per sweep, encoder images/s", info, mode), flush=True)
 
-    from specialsam.embeddings import EmbeddingCache
-    from specialsam.models import load_model
-    from specialsam.pack import PackSettings, build_pack, flipped, model_identity
-    from specialsam.scenes import retention_samples
+    from specialsam.finetune.cache import EmbeddingCache
+    from specialsam.finetune.pack import PackSettings, build_pack, flipped, model_identity
+    from specialsam.models.registry import load_model
     from specialsam.tasks import load_task
+    from specialsam.tasks.procedural.scenes import retention_samples
 
     root = bench_root(args.workdir)
     ok = True

@@ -10,7 +10,7 @@ Two measurements of the same trials (same model, pack, training settings, seeds)
   ``train_decoder`` + ``score_split`` on the test split (+ the retention split when the config has
   one): the work a trial's ``trial_seconds`` metric covers. Run before and after the sweep (the
   mean of both is used), because the machine's speed drifts by about as much as the overhead.
-- **sweep**: the same trials through ``specialsam.sweep.run_phase`` (Ray Tune, the MLflow logger,
+- **sweep**: the same trials through ``specialsam.sweep.phases.run_phase`` (Ray Tune, the MLflow logger,
   checkpoints, plots), one trial at a time (``max_concurrent=1``) so that driver wall time divided
   by the number of trials is a per-trial figure comparable with the reference.
 
@@ -22,7 +22,7 @@ start, scheduling, result and checkpoint handling, MLflow logging in the driver)
 *machinery share* (wall per trial - ``trial_seconds``) / wall per trial needs no reference: both
 come from the same run.
 
-Then one trial is profiled in-process with cProfile: ``specialsam.sweep.trainable`` itself, with
+Then one trial is profiled in-process with cProfile: ``specialsam.sweep.phases.trainable`` itself, with
 ``tune.report`` replaced by what the driver does with each report (MLflow metric logging per epoch,
 ``log_trial_record`` for the final one). The top 15 functions by cumulative time go to a text file
 (``--profile-out``) and the table sums the parts: data loading from the cache, decoder forward and
@@ -127,14 +127,14 @@ class TuneTrial:
 @dataclass
 class PhaseRun:
     name: str
-    records: list[Any]  # specialsam.sweep.TrialRecord
+    records: list[Any]  # specialsam.sweep.phases.TrialRecord
     trials: list[TuneTrial]
     wall_s: float
 
 
 def recording_logger(sink: dict[str, TuneTrial]):
-    """``specialsam.sweep.MlflowLogger`` that also keeps every Tune result row (in the driver)."""
-    from specialsam import sweep
+    """``specialsam.sweep.phases.MlflowLogger`` that also keeps every Tune result row (in the driver)."""
+    from specialsam.sweep import phases as sweep
 
     class RecordingLogger(sweep.MlflowLogger):
         def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -152,8 +152,8 @@ class Harness:
 
     cfg: SweepConfig
     root: Path
-    packs: dict[str, Any]  # model -> specialsam.pack.Pack
-    log: Any  # specialsam.sweep.SweepLogging
+    packs: dict[str, Any]  # model -> specialsam.finetune.pack.Pack
+    log: Any  # specialsam.sweep.phases.SweepLogging
     threads: int
     prepare_s: float
     encoder_calls: int
@@ -200,7 +200,7 @@ class Harness:
     ) -> PhaseRun:
         from unittest import mock
 
-        from specialsam import sweep
+        from specialsam.sweep import phases as sweep
 
         resources = sweep.trial_resources(self.cfg.resources.cpus_per_trial, 0)
         sink: dict[str, TuneTrial] = {}
@@ -235,12 +235,12 @@ class Harness:
 
 def open_harness(cfg: SweepConfig, root: Path, threads: int, ray: bool = True) -> Harness:
     """Task -> packs (encoded once into ``root/cache``) -> MLflow parent run -> local Ray."""
-    from specialsam.embeddings import EmbeddingCache
-    from specialsam.models import load_model
-    from specialsam.pack import Pack, build_pack, model_identity
-    from specialsam.runner import pack_settings, retention_set
+    from specialsam.finetune.cache import EmbeddingCache
+    from specialsam.finetune.pack import Pack, build_pack, model_identity
+    from specialsam.models.registry import load_model
+    from specialsam.sweep.driver import pack_settings, retention_set
+    from specialsam.sweep.tracking import ROLE, Tracker
     from specialsam.tasks import load_task
-    from specialsam.tracking import ROLE, Tracker
 
     t0 = time.perf_counter()
     task = load_task(cfg.task, cfg.data_root, cfg.data, cfg.seed)
@@ -259,7 +259,7 @@ def open_harness(cfg: SweepConfig, root: Path, threads: int, ray: bool = True) -
     prepare_s = time.perf_counter() - t0
     torch.set_num_threads(threads)
 
-    from specialsam import sweep
+    from specialsam.sweep import phases as sweep
 
     tracker = Tracker(f"sqlite:///{(root / 'mlflow.db').resolve()}", "specialsam-benchmarks")
     tags = {"specialsam.task": cfg.task, "specialsam.data": task.data, "specialsam.benchmark": "true"}
@@ -320,8 +320,8 @@ def reference_trial(
 ) -> dict[str, float]:
     """The trial's measured work without Ray or MLflow: train + test (+ retention) evaluation."""
     from specialsam.device import select_device
-    from specialsam.evaluate import score_split
-    from specialsam.train import TrainConfig, train_decoder
+    from specialsam.finetune.evaluate import score_split
+    from specialsam.finetune.train import TrainConfig, train_decoder
 
     torch.set_num_threads(threads)
     sam = pack.headless_model()
@@ -403,11 +403,12 @@ def profile_parts(stats: pstats.Stats) -> list[dict[str, Any]]:
 
 
 def profile_one_trial(h: Harness, space: dict[str, Any], seed: int, out: Path) -> tuple[list[dict], float]:
-    """cProfile of ``specialsam.sweep.trainable`` in this process, reports handled as the driver does."""
+    """cProfile of ``specialsam.sweep.phases.trainable`` in this process, reports handled as the driver
+    does."""
     from unittest import mock
 
-    from specialsam import sweep
-    from specialsam.tracking import ROLE, TRIAL_ID
+    from specialsam.sweep import phases as sweep
+    from specialsam.sweep.tracking import ROLE, TRIAL_ID
 
     config = {**space, "seed": seed, "_ctx": h.ctx("tune")}
     tracker, log = h.log.tracker, h.log
@@ -455,7 +456,7 @@ def profile_one_trial(h: Harness, space: dict[str, Any], seed: int, out: Path) -
     stats = pstats.Stats(prof, stream=buf)
     stats.sort_stats("cumulative").print_stats(15)
     out.write_text(
-        f"cProfile of one trial (specialsam.sweep.trainable + driver-side MLflow logging), "
+        f"cProfile of one trial (specialsam.sweep.phases.trainable + driver-side MLflow logging), "
         f"{wall:.2f} s wall under the profiler; top 15 by cumulative time\n\n{buf.getvalue()}"
     )
     return profile_parts(stats), wall

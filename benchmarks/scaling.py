@@ -8,7 +8,7 @@ Three measurements, each through the library's own code on the carpet task's pac
 into a temporary cache):
 
 1. **Wall time vs number of trials**: phase-A trials at the config's settings (fixed default
-   hyperparameters, seeds 0..N-1) through ``specialsam.sweep.run_phase`` (Ray Tune + MLflow), with
+   hyperparameters, seeds 0..N-1) through ``specialsam.sweep.phases.run_phase`` (Ray Tune + MLflow), with
    as many trials at once as the CPUs allow (``resources.cpus_per_trial``). Linear fit of the
    driver's wall time against N: seconds per extra trial, R^2.
 2. **Wall time vs n_train**: one trial per n_train through ``run_phase`` (one at a time), at a
@@ -91,10 +91,10 @@ def _peak_rss_kb() -> int:
 def rss_child(spec: dict[str, Any]) -> dict[str, Any]:
     """Runs in its own process: one trial's training at a fixed step budget + test scoring."""
     from specialsam.device import select_device
-    from specialsam.embeddings import EmbeddingCache
-    from specialsam.evaluate import score_split
-    from specialsam.pack import Pack
-    from specialsam.train import TrainConfig, train_decoder
+    from specialsam.finetune.cache import EmbeddingCache
+    from specialsam.finetune.evaluate import score_split
+    from specialsam.finetune.pack import Pack
+    from specialsam.finetune.train import TrainConfig, train_decoder
 
     torch.set_num_threads(int(spec["threads"]))
     pack = Pack(spec["pack"], EmbeddingCache(spec["cache"]))

@@ -15,8 +15,8 @@ SCRIPT = "sweeps/run.py"
 
 def run_cli(args: argparse.Namespace, tasks: list[str], overrides: list[str]) -> int:
     from specialsam.config import default_config_path, load_config
-    from specialsam.plan import Plan
-    from specialsam.runner import RunOptions, analyze_only, mlflow_ui_hint, run_sweep
+    from specialsam.sweep.driver import RunOptions, analyze_only, mlflow_ui_hint, run_sweep
+    from specialsam.sweep.plan import Plan
 
     if args.config and len(tasks) > 1:
         raise UserError("--config names one sweep file; use it with a single --task")
@@ -40,7 +40,7 @@ def run_cli(args: argparse.Namespace, tasks: list[str], overrides: list[str]) ->
         resume=args.resume,
         plan=args.plan,
         export_dir=args.export_dir,
-        # test hook for fault injection (see specialsam.sweep._maybe_inject_fault); never set by users
+        # test hook for fault injection (see specialsam.sweep.phases._maybe_inject_fault); never set by users
         fault=json.loads(os.environ.get("SPECIALSAM_TEST_FAULTS", "null")),
     )
     if args.analyze_only:
@@ -63,7 +63,7 @@ def run_cli(args: argparse.Namespace, tasks: list[str], overrides: list[str]) ->
         print(f"sweep: {res.sweep_dir.name}, parent run {res.parent_run_id}")
         outcomes.append((task, res))
     if len(outcomes) > 1:
-        from specialsam.study import log_study
+        from specialsam.sweep.study import log_study
 
         primary = configs[0][1].eval.primary
         run, table = log_study(outcomes[0][1].tracking_uri, outcomes, primary, configs[0][1].rules.threshold)

@@ -17,7 +17,7 @@ The two phases a sweep runs:
 
 * **search** (phase A): per model, ``search.num_samples`` trials at ``search.n_train`` training
   samples over ``search.space``. A parameter not named in ``search.space`` keeps its default:
-  ``train.weight_decay`` for ``weight_decay``, :class:`specialsam.train.TrainConfig`'s default
+  ``train.weight_decay`` for ``weight_decay``, :class:`specialsam.finetune.train.TrainConfig`'s default
   for the others (see :meth:`SweepConfig.base_params`).
 * **curve** (phase B): per model, the best settings of phase A retrained at every
   ``curve.n_train`` for every ``curve.seeds`` seed, with no early stopping.
@@ -56,7 +56,7 @@ from pydantic import (
 )
 
 from specialsam.errors import UserError
-from specialsam.models import MODEL_NAMES
+from specialsam.models.registry import MODEL_NAMES
 from specialsam.prompts import STRATEGIES
 from specialsam.tasks import TASKS, task_module, task_options
 
@@ -71,7 +71,8 @@ SPACE_KEYS: tuple[str, ...] = (
     "point_fraction",
     "weight_decay",
 )
-"""The hyperparameters ``search.space`` may name (all :class:`specialsam.train.TrainConfig` fields)."""
+"""The hyperparameters ``search.space`` may name (all fields of
+:class:`specialsam.finetune.train.TrainConfig`)."""
 
 LOSS_WEIGHTS = ("bce_weight", "dice_weight", "focal_weight")
 
@@ -527,7 +528,7 @@ class SweepConfig(_Model):
 
 @functools.cache
 def _train_defaults() -> dict[str, float]:
-    from specialsam.train import TrainConfig
+    from specialsam.finetune.train import TrainConfig
 
     fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     return {k: fields[k] for k in SPACE_KEYS}

@@ -30,13 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from specialsam.errors import UserError, cli_errors
-from specialsam.inference import encode, predict_masks
-from specialsam.metrics import iou as mask_iou
-from specialsam.modeling.batched import decode_batched
-from specialsam.modeling.tiny import build_tiny_sam, count_parameters
-from specialsam.models import WEIGHTS_DIR, load_model
+from specialsam.finetune.metrics import iou as mask_iou
+from specialsam.models.batched import decode_batched
+from specialsam.models.inference import encode, predict_masks
+from specialsam.models.registry import WEIGHTS_DIR, load_model
+from specialsam.models.tiny import build_tiny_sam, count_parameters
 from specialsam.prompts import Prompt, make_prompt, training_prompt
-from specialsam.scenes import STUFF_P, Scene, heldout_scenes, make_scene
+from specialsam.tasks.procedural.scenes import STUFF_P, Scene, heldout_scenes, make_scene
 
 LOSS_RES = 128
 

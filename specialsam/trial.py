@@ -22,18 +22,18 @@ from typing import Any
 
 import torch
 
+from specialsam.analysis.rules import predicted_outcome
 from specialsam.config import RuleSettings, SweepConfig, load_config, parse_override
 from specialsam.device import DeviceChoice, select_device
-from specialsam.embeddings import EmbeddingCache, default_cache_dir
 from specialsam.errors import UserError, check_writable_dir, cli_errors
-from specialsam.evaluate import Scores, bootstrap_ci, score_split
-from specialsam.models import MODEL_NAMES, load_model
-from specialsam.pack import EXTRA_PREFIX, Pack, PackSettings, build_pack, model_identity
+from specialsam.finetune.cache import EmbeddingCache, default_cache_dir
+from specialsam.finetune.evaluate import Scores, bootstrap_ci, score_split
+from specialsam.finetune.pack import EXTRA_PREFIX, Pack, PackSettings, build_pack, model_identity
+from specialsam.finetune.train import TrainConfig, TrainResult, train_decoder
+from specialsam.models.registry import MODEL_NAMES, load_model
 from specialsam.prompts import STRATEGIES
-from specialsam.rules import predicted_outcome
-from specialsam.scenes import retention_samples
 from specialsam.tasks import TASKS, load_task, n_train_remedy
-from specialsam.train import TrainConfig, TrainResult, train_decoder
+from specialsam.tasks.procedural.scenes import retention_samples
 
 
 @dataclass

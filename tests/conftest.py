@@ -25,8 +25,8 @@ def cache_dir(tmp_path, monkeypatch):
 
 def scene_task(n_train: int = 24, n_val: int = 8, n_test: int = 8, name: str = "scenes"):
     """A small TaskData built from generalist scenes (independent of any task module)."""
-    from specialsam.scenes import make_scene
     from specialsam.tasks.base import Sample, TaskData
+    from specialsam.tasks.procedural.scenes import make_scene
 
     def samples(split: str, n: int, base: int):
         out = []
@@ -58,7 +58,7 @@ def ray_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    from specialsam.sweep import loopback_only
+    from specialsam.sweep.phases import loopback_only
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     node = {"num_cpus": 1, "object_store_memory": 80 * 1024**2, "node_ip_address": "127.0.0.1"}

@@ -10,8 +10,8 @@ from matplotlib.colors import to_rgb
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from specialsam import artifacts as A
 from specialsam.prompts import Prompt
+from specialsam.report import figures as A
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

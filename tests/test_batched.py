@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from specialsam.modeling.batched import decode_batched, embed_sparse
-from specialsam.modeling.tiny import build_tiny_sam
+from specialsam.models.batched import decode_batched, embed_sparse
+from specialsam.models.tiny import build_tiny_sam
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_batch_of_different_images_equals_one_image_at_a_time(sam):
 def test_tiny_models_are_sam_classes_of_the_stated_sizes():
     from segment_anything.modeling import Sam
 
-    from specialsam.modeling.tiny import count_parameters
+    from specialsam.models.tiny import count_parameters
 
     s, m = build_tiny_sam("tiny-s"), build_tiny_sam("tiny-m")
     assert isinstance(s, Sam) and isinstance(m, Sam)
@@ -75,7 +75,7 @@ def test_tiny_models_are_sam_classes_of_the_stated_sizes():
     "shape,size", [((3, 64, 64), 256), ((2, 16, 16), 40), ((2, 48, 64), 100), ((1, 64, 64), 64)]
 )
 def test_matrix_upsampling_equals_interpolate_values_and_gradients(shape, size):
-    from specialsam.modeling.upsample import upsample_logits
+    from specialsam.models.upsample import upsample_logits
 
     torch.manual_seed(0)
     x = torch.randn(*shape, requires_grad=True)
@@ -93,7 +93,7 @@ def test_matrix_upsampling_equals_interpolate_values_and_gradients(shape, size):
 
 
 def test_matrix_upsampling_stays_fp32_under_autocast_and_after_inference_mode():
-    from specialsam.modeling.upsample import interpolation_matrix, upsample_logits
+    from specialsam.models.upsample import interpolation_matrix, upsample_logits
 
     interpolation_matrix.cache_clear()
     x = torch.randn(2, 32, 32)

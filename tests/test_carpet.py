@@ -12,8 +12,8 @@ import pytest
 from specialsam.errors import UserError
 from specialsam.tasks import carpet, load_task
 from specialsam.tasks import io as tio
-from specialsam.tasks import procedural_carpet as pc
-from specialsam.tasks import synthetic_defects as sd
+from specialsam.tasks.procedural import carpet as pc
+from specialsam.tasks.procedural import synthetic_defects as sd
 
 
 def _texture(size: int = 256, seed: int = 0) -> np.ndarray:

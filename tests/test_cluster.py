@@ -15,9 +15,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from specialsam.embeddings import EmbeddingCache, ModelIdentity, preprocessing_id
-from specialsam.modeling.tiny import build_tiny_sam
-from specialsam.tracking import ROLE, TRIAL_ID
+from specialsam.finetune.cache import EmbeddingCache, ModelIdentity, preprocessing_id
+from specialsam.models.tiny import build_tiny_sam
+from specialsam.sweep.tracking import ROLE, TRIAL_ID
 from tests.conftest import REPO
 
 SMOKE = ["--task", "carpet", "--smoke", "--set", "search.num_samples=4"]
@@ -32,7 +32,7 @@ def _images(n: int, seed: int = 0):
 
 
 def test_interrupted_precompute_resumes_without_recomputing(tmp_path, monkeypatch):
-    import specialsam.embeddings as emb
+    import specialsam.finetune.cache as emb
 
     torch.manual_seed(0)
     sam = build_tiny_sam("tiny-s").eval()
@@ -61,8 +61,8 @@ def test_interrupted_precompute_resumes_without_recomputing(tmp_path, monkeypatc
 
 @pytest.mark.usefixtures("ray_cluster")
 def test_cluster_precompute_fills_the_shared_cache_once(tmp_path):
-    from specialsam.models import load_model
-    from specialsam.precompute import cluster_precompute, use_cluster_precompute
+    from specialsam.models.registry import load_model
+    from specialsam.sweep.precompute import cluster_precompute, use_cluster_precompute
 
     assert use_cluster_precompute()  # two nodes
     sam, info = load_model("tiny-s")
@@ -74,7 +74,7 @@ def test_cluster_precompute_fills_the_shared_cache_once(tmp_path):
     assert all(cache.has(ident.key(h), verify=True) for h in hashes)
     assert cluster_precompute("tiny-s", ident, cache, imgs, hashes, shard=6) == {}  # all cached: no pass
     direct = cache.load(ident.key(hashes[3])).astype(np.float32)
-    from specialsam.inference import encode
+    from specialsam.models.inference import encode
 
     np.testing.assert_allclose(direct, encode(sam, [imgs[3]])[0].numpy(), atol=2e-3, rtol=2e-3)
 

@@ -140,7 +140,7 @@ def test_defaults_and_base_params(tmp_path):
     assert cfg.rules.threshold == 0.75 and cfg.rules.claimed_n == 5000
     base = cfg.base_params()
     assert base["weight_decay"] == 0.01  # from train:, not TrainConfig
-    from specialsam.train import TrainConfig
+    from specialsam.finetune.train import TrainConfig
 
     assert base["lr"] == TrainConfig().lr and base["dice_weight"] == TrainConfig().dice_weight
 

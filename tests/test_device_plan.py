@@ -7,7 +7,7 @@ import torch
 
 from specialsam.device import select_device
 from specialsam.errors import UserError
-from specialsam.sweep import trial_resources
+from specialsam.sweep.phases import trial_resources
 from tests.conftest import run_sweep_cli
 
 

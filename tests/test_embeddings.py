@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from specialsam.embeddings import EmbeddingCache, ModelIdentity, preprocessing_id
-from specialsam.modeling.tiny import build_tiny_sam
-from specialsam.pack import Pack, PackSettings, build_pack, model_identity
+from specialsam.finetune.cache import EmbeddingCache, ModelIdentity, preprocessing_id
+from specialsam.finetune.pack import Pack, PackSettings, build_pack, model_identity
+from specialsam.models.tiny import build_tiny_sam
 from tests.conftest import scene_task
 
 
@@ -60,8 +60,8 @@ def test_hit_miss_and_stale(tmp_path, sam):
 
 def test_encoder_precision_is_part_of_the_key_and_recorded(tmp_path, sam):
     """A bf16-encoded entry never serves an fp32 request (or back); fp32 keys are the old ones."""
-    from specialsam.embeddings import entry_key
-    from specialsam.inference import encode
+    from specialsam.finetune.cache import entry_key
+    from specialsam.models.inference import encode
 
     imgs = _images(3)
     hashes = _hashes(imgs)
@@ -88,7 +88,7 @@ def test_encoder_precision_is_part_of_the_key_and_recorded(tmp_path, sam):
 
 
 def test_embedding_matches_direct_encoder_within_fp16(tmp_path, sam):
-    from specialsam.inference import encode
+    from specialsam.models.inference import encode
 
     cache = EmbeddingCache(tmp_path)
     imgs = _images(2)
@@ -148,7 +148,7 @@ def test_pack_is_reused_and_holds_what_trials_need(tmp_path, sam):
 
 def test_mask_rows_read_exactly_what_numpy_saved(tmp_path):
     """Packs read mask rows from disk on demand (no memory map: RSS must not grow with the pool)."""
-    from specialsam.pack import MaskRows
+    from specialsam.finetune.pack import MaskRows
 
     rng = np.random.default_rng(0)
     arr = rng.integers(0, 256, (7, 32, 32), dtype=np.uint8)
@@ -167,8 +167,8 @@ def test_progress_bar_respects_tqdm_disable(tmp_path, env):
     reads TQDM_* when it is imported, hence a fresh process."""
     code = textwrap.dedent(f"""
         import numpy as np
-        from specialsam.embeddings import EmbeddingCache, ModelIdentity, preprocessing_id
-        from specialsam.modeling.tiny import build_tiny_sam
+        from specialsam.finetune.cache import EmbeddingCache, ModelIdentity, preprocessing_id
+        from specialsam.models.tiny import build_tiny_sam
         sam = build_tiny_sam("tiny-s").eval()
         ident = ModelIdentity("tiny-s", "x", preprocessing_id(sam))
         EmbeddingCache({str(tmp_path)!r}).precompute(sam, ident, [np.zeros((32, 32, 3), np.uint8)], ["h0"])

@@ -14,7 +14,7 @@ import numpy as np
 import py_sod_metrics as sod
 import pytest
 
-from specialsam import metrics as m
+from specialsam.finetune import metrics as m
 
 # ----------------------------------------------------------------------------- fixtures
 

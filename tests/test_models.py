@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from specialsam import checkpoints as ckpt
-from specialsam import models
 from specialsam.errors import UserError
-from specialsam.models import CHECKPOINTS_ENV, load_model, save_official
+from specialsam.models import checkpoints as ckpt
+from specialsam.models import registry as models
+from specialsam.models.registry import CHECKPOINTS_ENV, load_model, save_official
 
 RECORD = ckpt.RECORD_NAME
 

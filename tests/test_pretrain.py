@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from specialsam.models import WEIGHTS_DIR, load_model
+from specialsam.models.registry import WEIGHTS_DIR, load_model
 from specialsam.pretrain import (
     SMALL_AREA,
     PretrainConfig,
@@ -19,7 +19,7 @@ from specialsam.pretrain import (
     main,
     pretrain,
 )
-from specialsam.scenes import STUFF_P, heldout_scenes, make_scene
+from specialsam.tasks.procedural.scenes import STUFF_P, heldout_scenes, make_scene
 
 
 def _weights(path):

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from specialsam.embeddings import EmbeddingCache
 from specialsam.errors import UserError
-from specialsam.modeling.tiny import build_tiny_sam
-from specialsam.pack import Pack, PackSettings, build_pack, model_identity
+from specialsam.finetune.cache import EmbeddingCache
+from specialsam.finetune.pack import Pack, PackSettings, build_pack, model_identity
+from specialsam.models.tiny import build_tiny_sam
 from tests.conftest import scene_task
 
 SETTINGS = PackSettings(strategies=("center",))

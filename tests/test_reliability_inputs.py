@@ -199,7 +199,7 @@ def test_trial_flags_must_be_finite(flag, value):
 
 def test_train_config_refuses_non_finite():
     from specialsam.errors import UserError
-    from specialsam.train import TrainConfig
+    from specialsam.finetune.train import TrainConfig
 
     with pytest.raises(UserError, match="finite"):
         TrainConfig(lr=float("inf")).validate()

@@ -18,7 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from specialsam.cli import EXIT_INTERRUPTED, resume_command
-from specialsam.tracking import ROLE, TRIAL_ID
+from specialsam.sweep.tracking import ROLE, TRIAL_ID
 from tests.conftest import REPO
 
 SMALL = ["--task", "carpet", "--smoke", "--set", "search.num_samples=2"]
@@ -146,8 +146,8 @@ def test_resume_command_keeps_the_users_flags(argv, task, sweep, expected):
 def test_resume_scores_again_a_baseline_an_interrupt_cut_short(tmp_path):
     """A baseline run left KILLED (Ctrl-C between its creation and its scores) is not reused on
     resume (it has no per-image IoU to download) and not doubled: it goes to MLflow's trash."""
-    from specialsam.runner import _reusable_baselines
-    from specialsam.tracking import Tracker
+    from specialsam.sweep.driver import _reusable_baselines
+    from specialsam.sweep.tracking import Tracker
 
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "specialsam-carpet")
     parent = tracker.create_run("sweep", {ROLE: "sweep"})

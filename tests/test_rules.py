@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from specialsam.rules import (
+from specialsam.analysis.rules import (
     CONTRADICTED,
     INCONCLUSIVE,
     SUPPORTED,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from specialsam.tracking import PARENT, ROLE, TRIAL_ID
+from specialsam.sweep.tracking import PARENT, ROLE, TRIAL_ID
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -101,7 +101,7 @@ def test_optuna_proposed_the_phase_a_configs(runs, smoke_sweep):
     from ray.tune.search.optuna import OptunaSearch
 
     from specialsam.config import default_config_path, load_config
-    from specialsam.sweep import tune_param_space
+    from specialsam.sweep.phases import tune_param_space
 
     cfg = load_config(default_config_path("carpet"), ["search.num_samples=4"], smoke=True)
     space = {
@@ -154,8 +154,8 @@ def test_killed_trial_was_retried_and_nan_trial_failed_cleanly(runs, smoke_sweep
 def test_best_trial_decoder_loads_into_a_sam_predictor(runs):
     from segment_anything import SamPredictor
 
-    from specialsam.modeling.headless import load_decoder_state
-    from specialsam.models import load_model
+    from specialsam.models.headless import load_decoder_state
+    from specialsam.models.registry import load_model
 
     client, by_role = runs
     best = [r for r in by_role["trial"] if r.data.tags.get("specialsam.best_for_model") == "true"]
@@ -177,7 +177,7 @@ def test_best_trial_decoder_loads_into_a_sam_predictor(runs):
 
 
 def test_exported_full_checkpoint_loads_in_official_layout(smoke_sweep):
-    from specialsam.modeling.tiny import build_tiny_sam
+    from specialsam.models.tiny import build_tiny_sam
 
     (full,) = (smoke_sweep["dir"] / "exports").glob("*.pth")
     state = torch.load(full, weights_only=True)
@@ -226,8 +226,8 @@ def test_trial_record_holds_per_image_iou_aligned_with_baseline(runs):
 
 def test_orphan_trial_runs_of_a_killed_driver_are_deleted_on_resume(tmp_path):
     """Runs whose trial the restored Tune experiment does not know go; every other run stays."""
-    from specialsam.sweep import SweepLogging, drop_orphan_trial_runs
-    from specialsam.tracking import Tracker
+    from specialsam.sweep.phases import SweepLogging, drop_orphan_trial_runs
+    from specialsam.sweep.tracking import Tracker
 
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "orphans")
     parent = tracker.create_run("sweep", {ROLE: "sweep"})

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from specialsam.embeddings import EmbeddingCache
-from specialsam.modeling.tiny import build_tiny_sam
-from specialsam.pack import Pack, PackSettings, build_pack, model_identity
-from specialsam.train import (
+from specialsam.finetune.cache import EmbeddingCache
+from specialsam.finetune.pack import Pack, PackSettings, build_pack, model_identity
+from specialsam.finetune.train import (
     TrainConfig,
     TrainingFailed,
     _health,
@@ -19,6 +18,7 @@ from specialsam.train import (
     segmentation_loss,
     train_decoder,
 )
+from specialsam.models.tiny import build_tiny_sam
 from tests.conftest import scene_task
 
 
@@ -174,7 +174,7 @@ def test_invalid_configs_are_user_errors():
 
 
 def test_decoder_optimizer_is_fused_adamw_on_cpu():
-    from specialsam.train import decoder_optimizer
+    from specialsam.finetune.train import decoder_optimizer
 
     p = torch.nn.Parameter(torch.ones(3))
     opt = decoder_optimizer([p], TrainConfig(lr=1e-2, weight_decay=0.0), torch.device("cpu"))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import re
 
-from specialsam.evaluate import score_split
-from specialsam.pack import PackSettings
+from specialsam.finetune.evaluate import score_split
+from specialsam.finetune.pack import PackSettings
 from specialsam.trial import main, prepare_pack
 
 CAMO = {"procedural_train": 20, "procedural_test": 10}
@@ -65,7 +65,7 @@ def test_baseline_only_reads_the_user_checkpoint(tmp_path, capsys):
     """--checkpoint is honoured: a randomly initialised tiny-s scores far below the shipped one."""
     import torch
 
-    from specialsam.models import load_model
+    from specialsam.models.registry import load_model
 
     sam, _ = load_model("tiny-s", random_init=True)
     torch.save(sam.state_dict(), tmp_path / "random.pt")

@@ -3,9 +3,9 @@ where such a test could not fail for the right reasons)."""
 
 from __future__ import annotations
 
-from specialsam.evaluate import bootstrap_ci
-from specialsam.pack import PackSettings
-from specialsam.train import TrainConfig
+from specialsam.finetune.evaluate import bootstrap_ci
+from specialsam.finetune.pack import PackSettings
+from specialsam.finetune.train import TrainConfig
 from specialsam.trial import format_table, prepare_pack, run_trial
 
 # Where the default carpet sweep (sweeps/carpet.yaml, 2026-11-22, the shipped 12k/16k-step pair) found

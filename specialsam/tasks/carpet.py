@@ -23,7 +23,7 @@ after the split. ``max_side`` optionally downscales every image (area) and mask 
 before synthesis; the synthetic defect sizes then scale with the downscaled image. ``max_pixels``
 refuses a file whose header claims more pixels than that, before decoding (see ``io``).
 
-Without a data root the procedural carpet stand-in (``procedural_carpet``) takes the place of
+Without a data root the procedural carpet stand-in (``tasks.procedural.carpet``) takes the place of
 the good images and of the real test defects; train and val go through the same synthesis.
 """
 
@@ -38,9 +38,9 @@ import numpy as np
 
 from specialsam.errors import UserError
 from specialsam.tasks import io
-from specialsam.tasks import procedural_carpet as standin
 from specialsam.tasks.base import Sample, TaskData
-from specialsam.tasks.synthetic_defects import inject_defect
+from specialsam.tasks.procedural import carpet as standin
+from specialsam.tasks.procedural.synthetic_defects import inject_defect
 
 NAME = "carpet"
 STANDIN_NOTE = (

@@ -1,5 +1,5 @@
 """Checkpoint files: hashing, the verified-hash record, safe loading, shape checks, atomic writes and
-downloads. Model-agnostic; ``specialsam.models`` decides what a given model name expects.
+downloads. Model-agnostic; ``specialsam.models.registry`` decides what a given model name expects.
 
 The record of verified files is a small JSON next to the checkpoints (``.specialsam-verified.json``),
 keyed by file name, holding each file's SHA-256 with the size, mtime and inode it had when verified.

@@ -16,7 +16,7 @@ import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from specialsam.modeling.batched import decode_batched
+from specialsam.models.batched import decode_batched
 from specialsam.prompts import Prompt, to_model_coords
 
 MASK_SELECTIONS = ("single", "best_iou")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import ray
 
-from specialsam.embeddings import EmbeddingCache, ModelIdentity
+from specialsam.finetune.cache import EmbeddingCache, ModelIdentity
 
 
 @ray.remote
@@ -29,7 +29,7 @@ class EncoderActor:
     ) -> None:
         import torch
 
-        from specialsam.models import load_model
+        from specialsam.models.registry import load_model
 
         torch.set_num_threads(threads)
         self.sam, info = load_model(model, checkpoint_dir=checkpoint_dir, allow_unverified=allow_unverified)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from specialsam.embeddings import atomic_write_bytes
-from specialsam.modeling.headless import load_decoder_state
-from specialsam.models import save_official
+from specialsam.finetune.cache import atomic_write_bytes
+from specialsam.models.headless import load_decoder_state
+from specialsam.models.registry import save_official
 
 
 def export_specialised(

@@ -21,13 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from specialsam.analysis.rules import BaselineResult, TrialResult, format_summary, write_report
 from specialsam.config import SweepConfig, config_to_dict
-from specialsam.embeddings import EmbeddingCache, atomic_write_bytes, default_cache_dir
 from specialsam.errors import UserError, check_writable_dir, disk_full
-from specialsam.evaluate import score_extra_tests, score_split
-from specialsam.models import load_model
-from specialsam.pack import Pack, PackSettings, build_pack, model_identity
-from specialsam.plan import (
+from specialsam.finetune.cache import EmbeddingCache, atomic_write_bytes, default_cache_dir
+from specialsam.finetune.evaluate import score_extra_tests, score_split
+from specialsam.finetune.pack import Pack, PackSettings, build_pack, model_identity
+from specialsam.models.registry import load_model
+from specialsam.sweep.plan import (
     EMBEDDING_BYTES,
     ENCODE_IMAGES_PER_S,
     TRAIN_SAMPLES_PER_S,
@@ -36,10 +37,16 @@ from specialsam.plan import (
     family,
     trial_samples,
 )
-from specialsam.rules import BaselineResult, TrialResult, format_summary, write_report
-from specialsam.scenes import retention_samples
+from specialsam.sweep.tracking import (
+    ROLE,
+    TRIAL_ID,
+    Tracker,
+    experiment_name,
+    resolve_tracking_uri,
+    sqlite_path,
+)
 from specialsam.tasks import load_task
-from specialsam.tracking import ROLE, TRIAL_ID, Tracker, experiment_name, resolve_tracking_uri, sqlite_path
+from specialsam.tasks.procedural.scenes import retention_samples
 
 
 @dataclass
@@ -367,7 +374,7 @@ class _Live:
 def run_sweep(cfg: SweepConfig, opts: RunOptions) -> SweepOutcome | Plan:
     """One sweep; a Ctrl-C anywhere in it (encoding, baselines, a Tune phase, the report) ends as
     ``SweepInterrupted`` instead of a truncated sweep reported as finished."""
-    from specialsam import sweep as tune_wiring
+    from specialsam.sweep import phases as tune_wiring
 
     had_ray = tune_wiring.ray_running()  # a Ray this process already runs (a caller's) is left alone
     live = _Live()
@@ -384,7 +391,7 @@ def _close_interrupted(live: _Live, stop_ray: bool) -> None:
     skips the step it lands in (``--resume`` closes leftover runs; process exit ends Ray)."""
     import sys
 
-    from specialsam import sweep as tune_wiring
+    from specialsam.sweep import phases as tune_wiring
 
     def kill_runs() -> None:
         if live.tracker is not None and live.parent is not None:
@@ -412,8 +419,8 @@ def _reusable_baselines(tracker: Tracker, parent: str) -> dict[str, Any]:
 
 
 def _run_sweep(cfg: SweepConfig, opts: RunOptions, live: _Live) -> SweepOutcome | Plan:
-    from specialsam import sweep as tune_wiring
     from specialsam.device import select_device
+    from specialsam.sweep import phases as tune_wiring
 
     # 1. every check on user input, before anything is written
     uri = resolve_tracking_uri(opts.tracking_uri, opts.cwd)
@@ -444,7 +451,7 @@ def _run_sweep(cfg: SweepConfig, opts: RunOptions, live: _Live) -> SweepOutcome 
     settings = pack_settings(cfg)
     retention = retention_set(cfg)
     packs: dict[str, Pack] = {}
-    from specialsam.precompute import cluster_precompute, use_cluster_precompute
+    from specialsam.sweep.precompute import cluster_precompute, use_cluster_precompute
 
     spread = use_cluster_precompute()
     for name, (sam, info) in models.items():
@@ -648,7 +655,7 @@ def finish_report(
 
 def _export_best(tracker, parent, cfg, rep, records, models, opts):
     """Export the recommended (else best-validated) model; log decoders of each model's best trial."""
-    from specialsam.export import export_specialised
+    from specialsam.models.export import export_specialised
 
     by_key = {r.key: r for r in records if r.record is not None and r.checkpoint_dir is not None}
     best_per_model = {}

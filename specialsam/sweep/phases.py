@@ -33,9 +33,9 @@ import ray
 import torch
 from ray import tune
 
-from specialsam.embeddings import EmbeddingCache
-from specialsam.pack import Pack
-from specialsam.tracking import ROLE, TRIAL_ID, Tracker
+from specialsam.finetune.cache import EmbeddingCache
+from specialsam.finetune.pack import Pack
+from specialsam.sweep.tracking import ROLE, TRIAL_ID, Tracker
 
 SEARCHABLE = ("lr", "bce_weight", "dice_weight", "focal_weight", "point_fraction", "weight_decay")
 TRIAL_PARAMS = (*SEARCHABLE, "n_train", "model", "seed")
@@ -46,13 +46,13 @@ TRIAL_PARAMS = (*SEARCHABLE, "n_train", "model", "seed")
 # ---------------------------------------------------------------------------------------------
 def trainable(config: dict[str, Any]) -> None:
     """One trial: fine-tune the decoder of ``config['model']`` from its pack, report to Tune."""
-    from specialsam.artifacts import overlay_grid, plot_training_curves
     from specialsam.device import select_device
-    from specialsam.evaluate import score_extra_tests, score_split
-    from specialsam.inference import predict_masks
-    from specialsam.modeling.headless import decoder_state
+    from specialsam.finetune.evaluate import score_extra_tests, score_split
+    from specialsam.finetune.train import TrainConfig, TrainingFailed, train_decoder
+    from specialsam.models.headless import decoder_state
+    from specialsam.models.inference import predict_masks
     from specialsam.prompts import Prompt
-    from specialsam.train import TrainConfig, TrainingFailed, train_decoder
+    from specialsam.report.figures import overlay_grid, plot_training_curves
 
     ctx = config["_ctx"]
     torch.set_num_threads(max(1, int(ctx["threads"])))

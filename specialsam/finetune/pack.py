@@ -39,17 +39,17 @@ import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from specialsam import embeddings
-from specialsam.embeddings import (
+from specialsam.errors import UserError
+from specialsam.finetune import cache as embeddings
+from specialsam.finetune.cache import (
     EmbeddingCache,
     ModelIdentity,
     encoder_precision,
     file_sha256,
     preprocessing_id,
 )
-from specialsam.errors import UserError
-from specialsam.inference import model_side
-from specialsam.modeling.headless import build_headless, decoder_state, load_decoder_state
+from specialsam.models.headless import build_headless, decoder_state, load_decoder_state
+from specialsam.models.inference import model_side
 from specialsam.prompts import Prompt, make_prompt, to_model_coords
 from specialsam.tasks.base import Sample, TaskData
 

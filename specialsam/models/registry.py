@@ -39,12 +39,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from specialsam import checkpoints as ckpt
 from specialsam.errors import UserError, cli_errors
-from specialsam.modeling.tiny import TINY_CONFIGS, build_tiny_sam
+from specialsam.models import checkpoints as ckpt
+from specialsam.models.tiny import TINY_CONFIGS, build_tiny_sam
 
 # The shipped tiny weights; specialsam.pretrain imports this folder and writes its weights here.
-WEIGHTS_DIR = Path(__file__).parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 CHECKPOINTS_ENV = "SPECIALSAM_CHECKPOINTS"
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)

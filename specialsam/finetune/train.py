@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
 from specialsam.device import DeviceChoice, select_device
-from specialsam.modeling.batched import decode_batched
-from specialsam.modeling.upsample import upsample_logits
-from specialsam.pack import Pack, Split
+from specialsam.finetune.pack import Pack, Split
+from specialsam.models.batched import decode_batched
+from specialsam.models.upsample import upsample_logits
 from specialsam.prompts import training_prompt
 
 

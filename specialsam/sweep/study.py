@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from specialsam.plots import plot_gain_vs_baseline
-from specialsam.rules import BaselineRuleReport, _overall, fit_crossover
+from specialsam.analysis.rules import BaselineRuleReport, _overall, fit_crossover
+from specialsam.report.plots import plot_gain_vs_baseline
 
 STUDY_EXPERIMENT = "specialsam-study"
 
@@ -87,7 +87,7 @@ def log_study(
     tracking_uri: str, outcomes: list[tuple[str, object]], primary: str, threshold: float
 ) -> tuple[str, str]:
     """Log the table + cross-task scatter; returns (run id, printed table)."""
-    from specialsam.tracking import ROLE, Tracker
+    from specialsam.sweep.tracking import ROLE, Tracker
 
     rows = study_rows(outcomes, primary)
     table = format_rows(rows)

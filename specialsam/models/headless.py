@@ -13,7 +13,7 @@ import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import nn
 
-from specialsam.modeling.tiny import TINY_CONFIGS, build_tiny_sam
+from specialsam.models.tiny import TINY_CONFIGS, build_tiny_sam
 
 SAM_FAMILY = ("vit_t", "vit_b", "vit_l", "vit_h")  # MobileSAM shares SAM's prompt encoder/decoder
 DECODER_PREFIXES = ("prompt_encoder.", "mask_decoder.")

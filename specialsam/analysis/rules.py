@@ -1272,7 +1272,7 @@ def write_report(
     protocol: Mapping[str, Any] | None = None,
 ) -> ReportFiles:
     """Analyse, then write ``report.md``, ``gain_vs_baseline.png`` and ``learning_curve.png``."""
-    from specialsam import plots
+    from specialsam.report import plots
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
-    from specialsam.rules import BaselineRuleReport, DataRuleReport
+    from specialsam.analysis.rules import BaselineRuleReport, DataRuleReport
 
 _MARKERS = "osD^v<>Pph*X"
 

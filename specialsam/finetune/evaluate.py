@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from segment_anything.modeling import Sam
 
-from specialsam import metrics as M
 from specialsam.device import DeviceChoice, select_device
-from specialsam.inference import predict_masks
-from specialsam.pack import Split
+from specialsam.finetune import metrics as M
+from specialsam.finetune.pack import Split
+from specialsam.models.inference import predict_masks
 from specialsam.prompts import Prompt
 
 
@@ -110,7 +110,7 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple
 
 def score_extra_tests(sam, pack, primary: str, dev: DeviceChoice | None = None) -> dict[str, float]:
     """mIoU (primary prompt) on each of the pack's extra test sets: baselines and trials alike."""
-    from specialsam.pack import EXTRA_PREFIX
+    from specialsam.finetune.pack import EXTRA_PREFIX
 
     return {
         name: score_split(sam, pack.split(EXTRA_PREFIX + name), [primary], dev=dev)[primary].miou

@@ -32,11 +32,11 @@ from segment_anything.modeling import Sam
 from tqdm.auto import tqdm
 
 from specialsam.errors import UserError
-from specialsam.inference import encode, model_side
+from specialsam.models.inference import encode, model_side
 
 PREPROCESSING_VERSION = "resize-longest+sam-norm+pad/v1"
 VERIFY = True
-"""The integrity checks of this module and ``specialsam.pack`` (digests on read, the driver's pass
+"""The integrity checks of this module and ``specialsam.finetune.pack`` (digests on read, the driver's pass
 over a pack's entries and files). Only benchmarks/cache_integrity.py sets it False, to time its
 with/without comparison; no flag, setting or environment variable turns the checks off."""
 

@@ -1,1 +1,0 @@
-"""Model building blocks: the tiny generalist's encoder and batched decoding helpers."""
