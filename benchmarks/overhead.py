@@ -207,17 +207,17 @@ class Harness:
         t0 = time.perf_counter()
         with mock.patch.object(sweep, "MlflowLogger", recording_logger(sink)):
             records = sweep.run_phase(
-                name,
-                space,
-                ctx,
-                self.log,
-                self.storage,
-                resources,
-                num_samples,
-                searcher,
-                searcher_seed,
-                asha,
-                max_concurrent,
+                name=name,
+                param_space=space,
+                ctx=ctx,
+                log=self.log,
+                storage=self.storage,
+                resources=resources,
+                num_samples=num_samples,
+                searcher=searcher,
+                searcher_seed=searcher_seed,
+                asha=asha,
+                max_concurrent=max_concurrent,
             )
         wall = time.perf_counter() - t0
         run = PhaseRun(name, records, list(sink.values()), wall)

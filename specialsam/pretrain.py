@@ -246,18 +246,11 @@ def _save_atomic(obj: object, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def pretrain(
-    cfg: PretrainConfig,
-    ckpt_path: Path,
-    out_path: Path | None,
-    ckpt_minutes: float = 3.0,
-    stop_after: int | None = None,
-    log_every: int = 25,
-) -> dict:
-    """Train (resuming from ``ckpt_path`` when it exists); returns the run's summary."""
-    torch.manual_seed(cfg.seed)
-    sam = build_tiny_sam(cfg.name)
-    opt = torch.optim.AdamW(sam.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+def _resume(
+    cfg: PretrainConfig, ckpt_path: Path, sam: torch.nn.Module, opt: torch.optim.Optimizer
+) -> tuple[int, float, list[str], list[int]]:
+    """Load the checkpoint into ``sam`` and ``opt`` when there is one, noting what changed since;
+    returns (step, elapsed seconds, notes, torch thread counts of the run's segments)."""
     step, elapsed = 0, 0.0
     notes: list[str] = []
     threads: list[int] = []  # torch thread counts of the run's segments, so the card can say
@@ -281,6 +274,22 @@ def pretrain(
         print(f"resuming {cfg.name} at step {step}/{cfg.steps} from {ckpt_path}", flush=True)
     if not threads or threads[-1] != now:
         threads.append(now)
+    return step, elapsed, notes, threads
+
+
+def pretrain(
+    cfg: PretrainConfig,
+    ckpt_path: Path,
+    out_path: Path | None,
+    ckpt_minutes: float = 3.0,
+    stop_after: int | None = None,
+    log_every: int = 25,
+) -> dict:
+    """Train (resuming from ``ckpt_path`` when it exists); returns the run's summary."""
+    torch.manual_seed(cfg.seed)
+    sam = build_tiny_sam(cfg.name)
+    opt = torch.optim.AdamW(sam.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, elapsed, notes, threads = _resume(cfg, ckpt_path, sam, opt)
     sam.train()
     t0, last_ckpt, ema = time.time() - elapsed, time.time(), None
     end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
@@ -329,8 +338,7 @@ def pretrain(
     return summary
 
 
-@cli_errors
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=["s", "m"], default="s")
     ap.add_argument("--steps", type=int, help="total optimizer steps (default: the shipped run's)")
@@ -362,21 +370,13 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="print the mIoU a perfect decoder could reach through 64x64 low-res logits and exit",
     )
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    shipped = SHIPPED[args.size]
-    name = f"tiny-{args.size}"
-    if args.ceiling:
-        print(json.dumps({"lowres_ceiling": lowres_ceiling(args.eval_scenes)}, indent=2))
-        return
-    if args.weights and not args.eval_only:
-        raise UserError("--weights only works with --eval-only; to resume training, use --checkpoint")
-    if args.eval_only:
-        # the registry's loader: the shipped weights, or any file checked key by key (no record kept)
-        sam, _ = load_model(name, checkpoint=args.weights, allow_unverified=args.weights is not None)
-        res = evaluate_generalist(sam, args.eval_scenes)
-        print(json.dumps({name: res}, indent=2))
-        return
+    return ap
+
+
+def _run_settings(args: argparse.Namespace) -> tuple[PretrainConfig, Path, Path, bool]:
+    """The run the flags ask for: (config, checkpoint, weights file, whether it is the shipped run).
+    A resumed run keeps its stage-2 start when only the budget changed."""
+    shipped, name = SHIPPED[args.size], f"tiny-{args.size}"
     steps = args.steps or shipped.steps
     cfg = PretrainConfig(
         size=args.size,
@@ -398,14 +398,15 @@ def main(argv: list[str] | None = None) -> None:
         saved = torch.load(ckpt, weights_only=True)["config"]
         cfg.stuff_from = int(saved.get("stuff_from", cfg.stuff_from))
     out = args.out or (WEIGHTS_DIR / f"{name}.pt" if is_shipped else ckpt.with_name(f"{name}-weights.pt"))
-    summary = pretrain(cfg, ckpt, out, args.checkpoint_minutes, args.stop_after)
-    if summary["step"] < cfg.steps:
-        print(f"stopped at step {summary['step']}; rerun the same command to resume", flush=True)
-        return
-    if is_shipped or args.eval_scenes:
+    return cfg, ckpt, out, is_shipped
+
+
+def _write_card(summary: dict, out: Path, name: str, is_shipped: bool, eval_scenes: int) -> None:
+    """The model card next to the weights: the run's summary, its zero-shot mIoU, the machine."""
+    if is_shipped or eval_scenes:
         sam = build_tiny_sam(name)
         sam.load_state_dict(torch.load(out, weights_only=True))
-        n_eval = args.eval_scenes if is_shipped else min(args.eval_scenes, 100)
+        n_eval = eval_scenes if is_shipped else min(eval_scenes, 100)
         summary["zero_shot_miou"] = evaluate_generalist(sam, n_eval)
         summary["eval_scenes"] = n_eval
     counts = " then ".join(str(n) for n in summary.pop("threads"))  # e.g. "1 then 2" after a resume
@@ -415,6 +416,30 @@ def main(argv: list[str] | None = None) -> None:
     card = out.with_suffix(".json")
     card.write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2), flush=True)
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    name = f"tiny-{args.size}"
+    if args.ceiling:
+        print(json.dumps({"lowres_ceiling": lowres_ceiling(args.eval_scenes)}, indent=2))
+        return
+    if args.weights and not args.eval_only:
+        raise UserError("--weights only works with --eval-only; to resume training, use --checkpoint")
+    if args.eval_only:
+        # the registry's loader: the shipped weights, or any file checked key by key (no record kept)
+        sam, _ = load_model(name, checkpoint=args.weights, allow_unverified=args.weights is not None)
+        res = evaluate_generalist(sam, args.eval_scenes)
+        print(json.dumps({name: res}, indent=2))
+        return
+    cfg, ckpt, out, is_shipped = _run_settings(args)
+    summary = pretrain(cfg, ckpt, out, args.checkpoint_minutes, args.stop_after)
+    if summary["step"] < cfg.steps:
+        print(f"stopped at step {summary['step']}; rerun the same command to resume", flush=True)
+        return
+    _write_card(summary, out, name, is_shipped, args.eval_scenes)
 
 
 SMALL_AREA = 300

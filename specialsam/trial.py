@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from specialsam.analysis.rules import predicted_outcome
+from specialsam.analysis.baseline_rule import predicted_outcome
 from specialsam.config import RuleSettings, SweepConfig, load_config, parse_override
 from specialsam.device import DeviceChoice, select_device
 from specialsam.errors import UserError, check_writable_dir, cli_errors

@@ -111,7 +111,7 @@ def test_folder_yaml_has_no_standin():
 def test_default_config_path_errors(monkeypatch, tmp_path):
     with pytest.raises(UserError, match=r"unknown task 'carpt' \(did you mean 'carpet'\?\)"):
         default_config_path("carpt")
-    monkeypatch.setattr("specialsam.config.SWEEPS_DIR", tmp_path)
+    monkeypatch.setattr("specialsam.config.loading.SWEEPS_DIR", tmp_path)
     with pytest.raises(UserError, match="no shipped sweep config for task wood"):
         default_config_path("wood")
 

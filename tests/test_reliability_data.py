@@ -16,14 +16,16 @@ import numpy as np
 import pytest
 import torch
 
-from specialsam.analysis.rules import BaselineResult, TrialResult, recommendation, write_report
-from specialsam.analysis.rules import baseline_rule as baseline_rule_report
+from specialsam.analysis.baseline_rule import baseline_rule as baseline_rule_report
+from specialsam.analysis.results import BaselineResult, TrialResult
+from specialsam.analysis.summaries import recommendation
 from specialsam.config import default_config_path, load_config
 from specialsam.errors import UserError
 from specialsam.finetune.cache import EmbeddingCache
 from specialsam.finetune.pack import Pack, PackSettings, build_pack, model_identity
 from specialsam.finetune.train import TrainConfig, train_decoder
 from specialsam.models.tiny import build_tiny_sam
+from specialsam.report.markdown import write_report
 from specialsam.tasks import TASKS, folder, load_task, task_options
 from specialsam.tasks import io as tio
 from tests.conftest import REPO, run_sweep_cli, scene_task

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from specialsam.analysis.rules import (
+from specialsam.analysis.baseline_rule import baseline_rule, fit_crossover
+from specialsam.analysis.data_rule import data_rule
+from specialsam.analysis.results import (
     CONTRADICTED,
     INCONCLUSIVE,
     SUPPORTED,
@@ -16,20 +18,19 @@ from specialsam.analysis.rules import (
     TAG_DATA_RULE,
     BaselineResult,
     TrialResult,
-    baseline_rule,
+)
+from specialsam.analysis.selection import select_config
+from specialsam.analysis.stats import paired_gain_ci
+from specialsam.analysis.summaries import (
     category_breakdown,
-    data_rule,
     extra_breakdown,
-    fit_crossover,
     format_summary,
     health_summary,
-    paired_gain_ci,
     recommendation,
     retention_summary,
-    select_config,
     summary_rows,
-    write_report,
 )
+from specialsam.report.markdown import write_report
 
 N_IMG = 120
 GRID = [125, 250, 500, 1000, 2000, 4000, 8000]

@@ -21,7 +21,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 from segment_anything.modeling import Sam
 from tqdm.auto import tqdm
 
+from specialsam.atomic import atomic_save_npy, atomic_write_bytes
 from specialsam.errors import UserError
 from specialsam.models.inference import encode, model_side
 
@@ -71,27 +71,6 @@ def file_sha256(path: Path) -> str:
 
 class CorruptEntry(UserError):
     """A cache entry a trial needs is missing or fails its digest: only the driver can re-encode it."""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder + rename: readers see all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 @dataclass(frozen=True)

@@ -224,6 +224,105 @@ def _eval_prompts(samples: Sequence[Sample], strategy: str, side: int):
     return coords, labels, np.array(ok)
 
 
+def _pack_splits(
+    task: TaskData, settings: PackSettings, retention: Sequence[Sample]
+) -> dict[str, list[Sample]]:
+    """The pack's splits: train (+ its flips), val, test, retention and the task's extra test sets."""
+    train = list(task.train) + ([flipped(s) for s in task.train] if settings.flip else [])
+    splits: dict[str, list[Sample]] = {"train": train, "val": list(task.val), "test": list(task.test)}
+    if retention:
+        splits["retention"] = list(retention)
+    for name, samples in sorted(getattr(task, "extra_tests", {}).items()):
+        if samples:  # the other wood mode, camouflage transfer sets: scored like test, reported apart
+            splits[EXTRA_PREFIX + name] = list(samples)
+    return splits
+
+
+def _pack_ident(
+    task: TaskData, identity: ModelIdentity, settings: PackSettings, res: int, splits: dict[str, list[Sample]]
+) -> str:
+    """What names the pack's folder: everything its contents depend on, hashed."""
+    return hashlib.sha256(
+        json.dumps(
+            [
+                PACK_VERSION,
+                task.name,
+                task.data,
+                identity.record(),
+                settings.__dict__,
+                res,
+                {k: _hash_samples(v) for k, v in splits.items()},
+            ],
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:24]
+
+
+def _write_split(
+    tmp: Path,
+    name: str,
+    samples: list[Sample],
+    emb_keys: list[str],
+    settings: PackSettings,
+    side: int,
+    res: int,
+) -> dict:
+    """Write one split's masks, evaluation prompts and full-resolution ground truth into ``tmp``;
+    returns its manifest entry."""
+    masks, valid = zip(*(frame_mask(s.mask, res) for s in samples)) if samples else ((), ())
+    stacked = np.stack(masks) if masks else np.zeros((0, res, res), np.uint8)
+    np.save(tmp / f"{name}_masks.npy", stacked)
+    entry = {
+        "keys": [s.key for s in samples],
+        "emb": emb_keys,
+        "categories": [s.category for s in samples],
+        "original_hw": [list(s.mask.shape) for s in samples],
+        "valid_hw": [list(v) for v in valid],
+        "mask_crc32": [zlib.crc32(m.tobytes()) for m in stacked],
+    }
+    if name == "train":
+        return entry
+    strategies = settings.strategies if name in ("test", "retention") else (settings.primary,)
+    for strat in strategies:
+        coords, labels, ok = _eval_prompts(samples, strat, side)
+        np.savez(tmp / f"{name}_prompts_{strat}.npz", coords=coords, labels=labels, ok=ok)
+    if name in ("test", "retention") or name.startswith(EXTRA_PREFIX):
+        np.savez_compressed(
+            tmp / f"{name}_gt.npz", **{f"m{i}": np.packbits(s.mask) for i, s in enumerate(samples)}
+        )
+    return entry
+
+
+def _write_pack(
+    folder: Path,
+    manifest: dict,
+    splits: dict[str, list[Sample]],
+    keys: dict[str, list[str]],
+    sam: Sam,
+    identity: ModelIdentity,
+    settings: PackSettings,
+    cache: EmbeddingCache,
+) -> None:
+    """Write the pack into a temporary folder, seal it and move it into place in one rename."""
+    side, res = manifest["side"], manifest["loss_res"]
+    tmp = Path(tempfile.mkdtemp(dir=cache.root, prefix=".pack-"))
+    try:
+        for name, samples in splits.items():
+            manifest["splits"][name] = _write_split(tmp, name, samples, keys[name], settings, side, res)
+        _write_thumbs(tmp / "test_thumbs.npz", splits["test"][:N_THUMBS])
+        torch.save(decoder_state(sam), tmp / "decoder.pt")
+        manifest["model_name"] = identity.name
+        _seal(tmp, manifest)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process finished the same pack first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def build_pack(
     task: TaskData,
     sam: Sam,
@@ -242,27 +341,8 @@ def build_pack(
     any baseline or trial reads. ``precompute(images, hashes)``, when given, fills the cache first
     (e.g. spread over a Ray cluster); whatever it leaves missing is encoded here."""
     side, res = model_side(sam), settings.resolved_res(sam)
-    train = list(task.train) + ([flipped(s) for s in task.train] if settings.flip else [])
-    splits: dict[str, list[Sample]] = {"train": train, "val": list(task.val), "test": list(task.test)}
-    if retention:
-        splits["retention"] = list(retention)
-    for name, samples in sorted(getattr(task, "extra_tests", {}).items()):
-        if samples:  # the other wood mode, camouflage transfer sets: scored like test, reported apart
-            splits[EXTRA_PREFIX + name] = list(samples)
-    ident = hashlib.sha256(
-        json.dumps(
-            [
-                PACK_VERSION,
-                task.name,
-                task.data,
-                identity.record(),
-                settings.__dict__,
-                res,
-                {k: _hash_samples(v) for k, v in splits.items()},
-            ],
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()[:24]
+    splits = _pack_splits(task, settings, retention)
+    ident = _pack_ident(task, identity, settings, res, splits)
     folder = cache.root / "packs" / f"{task.name}-{identity.name}-{ident}"
     all_hashes = {name: [s.image_hash() for s in samples] for name, samples in splits.items()}
     cache.root.mkdir(parents=True, exist_ok=True)
@@ -288,42 +368,7 @@ def build_pack(
         "primary": settings.primary,
         "splits": {},
     }
-    tmp = Path(tempfile.mkdtemp(dir=cache.root, prefix=".pack-"))
-    try:
-        for name, samples in splits.items():
-            masks, valid = zip(*(frame_mask(s.mask, res) for s in samples)) if samples else ((), ())
-            stacked = np.stack(masks) if masks else np.zeros((0, res, res), np.uint8)
-            np.save(tmp / f"{name}_masks.npy", stacked)
-            manifest["splits"][name] = {
-                "keys": [s.key for s in samples],
-                "emb": keys[name],
-                "categories": [s.category for s in samples],
-                "original_hw": [list(s.mask.shape) for s in samples],
-                "valid_hw": [list(v) for v in valid],
-                "mask_crc32": [zlib.crc32(m.tobytes()) for m in stacked],
-            }
-            strategies = settings.strategies if name in ("test", "retention") else (settings.primary,)
-            if name == "train":
-                continue
-            for strat in strategies:
-                coords, labels, ok = _eval_prompts(samples, strat, side)
-                np.savez(tmp / f"{name}_prompts_{strat}.npz", coords=coords, labels=labels, ok=ok)
-            if name in ("test", "retention") or name.startswith(EXTRA_PREFIX):
-                np.savez_compressed(
-                    tmp / f"{name}_gt.npz", **{f"m{i}": np.packbits(s.mask) for i, s in enumerate(samples)}
-                )
-        _write_thumbs(tmp / "test_thumbs.npz", splits["test"][:N_THUMBS])
-        torch.save(decoder_state(sam), tmp / "decoder.pt")
-        manifest["model_name"] = identity.name
-        _seal(tmp, manifest)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process finished the same pack first
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _write_pack(folder, manifest, splits, keys, sam, identity, settings, cache)
     return folder
 
 

@@ -8,6 +8,9 @@ visible), only inside the image (not the padding). The budget is both epochs and
 so trials of different training-set sizes have predictable cost; warmup + cosine follow the
 budget. Validation mIoU each epoch drives early stopping and the kept (best) decoder.
 
+:class:`TrainConfig` is the one owner of the training defaults (the sweep config's ``train:`` takes
+its defaults from it) and :data:`SEARCHABLE` names the fields a sweep may search.
+
 Training never hands back the untrained decoder silently: an empty validation split (nothing to
 pick the kept decoder by) is an error before the first step, a non-finite validation mIoU fails
 the trial, and a returned decoder equal to the starting one carries the health flag
@@ -36,6 +39,17 @@ from specialsam.prompts import training_prompt
 
 class TrainingFailed(RuntimeError):
     """The trial cannot go on (e.g. the loss became NaN): the sweep marks it failed, with this reason."""
+
+
+SEARCHABLE: tuple[str, ...] = (
+    "lr",
+    "bce_weight",
+    "dice_weight",
+    "focal_weight",
+    "point_fraction",
+    "weight_decay",
+)
+"""The TrainConfig fields a sweep may search (``search.space`` keys); the rest are shared settings."""
 
 
 @dataclass
@@ -276,6 +290,155 @@ def _health(history: list[dict[str, float]], step_losses: list[float]) -> list[s
     return flags
 
 
+@dataclass
+class _Batch:
+    """One training batch: the images' pack indices, their prompts (model frame), targets and
+    embeddings, and where each image lies inside its padded frame."""
+
+    idx: list[int]
+    coords: torch.Tensor
+    labels: torch.Tensor
+    target: torch.Tensor
+    emb: torch.Tensor
+    valid: torch.Tensor
+
+
+def _make_batch(
+    train: Split, idx: list[int], rng: np.random.Generator, cfg: TrainConfig, side: int, res: int
+) -> _Batch | None:
+    """Draw one training prompt per image (``rng``); images without a usable prompt are dropped,
+    and a batch left empty is None."""
+    soft = np.stack([np.asarray(train.masks[i]) for i in idx])
+    prompts = [training_prompt(binary_target(m), rng, cfg.point_fraction) for m in soft]
+    keep = [j for j, p in enumerate(prompts) if p is not None]
+    if not keep:
+        return None
+    idx = [idx[j] for j in keep]
+    return _Batch(
+        idx=idx,
+        coords=torch.from_numpy(np.stack([prompts[j].coords for j in keep]) * (side / res)),
+        labels=torch.from_numpy(np.stack([prompts[j].labels for j in keep])),
+        target=torch.from_numpy(soft[keep].astype(np.float32) / 255.0),
+        emb=torch.from_numpy(train.embeddings(idx)),
+        valid=_valid_masks(train, idx, res),
+    )
+
+
+@dataclass
+class _Run:
+    """One training run's fixed parts (model, optimizer, step budget) and its running counts."""
+
+    sam: Sam
+    cfg: TrainConfig
+    dev: DeviceChoice
+    params: list[torch.nn.Parameter]
+    opt: torch.optim.Optimizer
+    total: int
+    """Optimizer steps in all: epochs x steps per epoch, capped by ``max_steps``."""
+    warmup: int
+    micro: int
+    side: int
+    res: int
+    step: int = 0
+    seen: int = 0
+    step_losses: list[float] = field(default_factory=list)
+
+
+def _start_run(sam: Sam, pack: Pack, cfg: TrainConfig, dev: DeviceChoice, n_indices: int) -> _Run:
+    """The optimizer over the decoder and the step budget (warmup + cosine follow it)."""
+    params = trainable_decoder(sam)
+    opt = decoder_optimizer(params, cfg, dev.device)
+    steps_per_epoch = math.ceil(n_indices / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    return _Run(
+        sam=sam,
+        cfg=cfg,
+        dev=dev,
+        params=params,
+        opt=opt,
+        total=total,
+        warmup=max(1, int(cfg.warmup_fraction * total)),
+        micro=micro_batch_size(cfg.micro_batch, sam.prompt_encoder.image_embedding_size[0], dev),
+        side=pack.side,
+        res=pack.loss_res,
+    )
+
+
+def _optimizer_step(run: _Run, batch: _Batch, epoch: int) -> float:
+    """One step on ``batch`` at the schedule's learning rate; a non-finite loss fails the trial."""
+    cfg = run.cfg
+    for g in run.opt.param_groups:
+        g["lr"] = cfg.lr * _lr_factor(run.step, run.total, run.warmup)
+    run.opt.zero_grad(set_to_none=True)
+    loss = accumulate_gradients(
+        run.sam,
+        batch.emb,
+        batch.coords,
+        batch.labels,
+        batch.target,
+        batch.valid,
+        cfg,
+        run.dev,
+        run.res,
+        run.micro,
+    )
+    if not torch.isfinite(loss):
+        raise TrainingFailed(
+            f"loss became {float(loss)} at step {run.step} (epoch {epoch}); lr {cfg.lr:g} is likely too high"
+        )
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(run.params, cfg.grad_clip)
+    run.opt.step()
+    run.step += 1
+    run.seen += len(batch.idx)
+    run.step_losses.append(float(loss))
+    return run.step_losses[-1]
+
+
+def _train_epoch(
+    run: _Run,
+    train: Split,
+    indices: np.ndarray,
+    rng: np.random.Generator,
+    epoch: int,
+    fault_hook: Callable[[int], None] | None,
+) -> list[float]:
+    """One pass over the training indices in a fresh random order (until the step budget ends);
+    returns the epoch's step losses."""
+    order = rng.permutation(indices)
+    epoch_losses = []
+    for b in range(0, len(order), run.cfg.batch_size):
+        if run.step >= run.total:
+            break
+        idx = [int(i) for i in order[b : b + run.cfg.batch_size]]
+        batch = _make_batch(train, idx, rng, run.cfg, run.side, run.res)
+        if batch is None:
+            continue
+        epoch_losses.append(_optimizer_step(run, batch, epoch))
+        if fault_hook is not None:
+            fault_hook(run.step)
+    return epoch_losses
+
+
+def _epoch_metrics(
+    run: _Run, val: Split, primary: str, epoch: int, losses: list[float], t0: float
+) -> dict[str, float]:
+    """Validate after an epoch; a non-finite validation mIoU fails the trial (NaN > best is False:
+    it would keep the untrained decoder)."""
+    val_miou = validation_miou(run.sam, val, primary, run.dev)
+    if not math.isfinite(val_miou):
+        raise TrainingFailed(f"validation mIoU became {val_miou} at epoch {epoch}")
+    return {
+        "epoch": epoch,
+        "train_loss": float(np.mean(losses)) if losses else float("nan"),
+        "val_miou": val_miou,
+        "steps": run.step,
+        "seconds": time.time() - t0,
+    }
+
+
 def train_decoder(
     sam: Sam,
     pack: Pack,
@@ -295,93 +458,39 @@ def train_decoder(
     rng = np.random.default_rng(cfg.seed)
     sam.to(dev.device)
     sam.eval()  # encoder-side norms frozen; the decoder has no dropout/batchnorm
-    params = trainable_decoder(sam)
-    opt = decoder_optimizer(params, cfg, dev.device)
-
     train, val = pack.split("train"), pack.split("val")
     indices = pack.train_indices(cfg.n_train)
-    res, side = pack.loss_res, pack.side
     primary = pack.manifest["primary"]
+    run = _start_run(sam, pack, cfg, dev, len(indices))
     check_validation(val, primary)
-    steps_per_epoch = math.ceil(len(indices) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    if cfg.max_steps:
-        total = min(total, cfg.max_steps)
-    warmup = max(1, int(cfg.warmup_fraction * total))
-    micro = micro_batch_size(cfg.micro_batch, sam.prompt_encoder.image_embedding_size[0], dev)
 
     history: list[dict[str, float]] = []
-    step_losses: list[float] = []
     best_state = copy.deepcopy(sam.mask_decoder.state_dict())
     start_state = {k: v.detach().cpu().clone() for k, v in best_state.items()}
-    best_val, best_epoch, since_best, step, seen = -1.0, -1, 0, 0, 0
+    best_val, best_epoch, since_best = -1.0, -1, 0
     t0 = time.time()
     stopped_early = False
     for epoch in range(cfg.epochs):
-        if step >= total:
+        if run.step >= run.total:
             break
-        order = rng.permutation(indices)
-        epoch_losses = []
-        for b in range(0, len(order), cfg.batch_size):
-            if step >= total:
-                break
-            idx = [int(i) for i in order[b : b + cfg.batch_size]]
-            soft = np.stack([np.asarray(train.masks[i]) for i in idx])
-            prompts = [training_prompt(binary_target(m), rng, cfg.point_fraction) for m in soft]
-            keep = [j for j, p in enumerate(prompts) if p is not None]
-            if not keep:
-                continue
-            idx = [idx[j] for j in keep]
-            coords = torch.from_numpy(np.stack([prompts[j].coords for j in keep]) * (side / res))
-            labels = torch.from_numpy(np.stack([prompts[j].labels for j in keep]))
-            target = torch.from_numpy(soft[keep].astype(np.float32) / 255.0)
-            emb = torch.from_numpy(train.embeddings(idx))
-            valid = _valid_masks(train, idx, res)
-            for g in opt.param_groups:
-                g["lr"] = cfg.lr * _lr_factor(step, total, warmup)
-            opt.zero_grad(set_to_none=True)
-            loss = accumulate_gradients(sam, emb, coords, labels, target, valid, cfg, dev, res, micro)
-            if not torch.isfinite(loss):
-                raise TrainingFailed(
-                    f"loss became {float(loss)} at step {step} (epoch {epoch}); "
-                    f"lr {cfg.lr:g} is likely too high"
-                )
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            step += 1
-            seen += len(idx)
-            step_losses.append(float(loss))
-            epoch_losses.append(step_losses[-1])
-            if fault_hook is not None:
-                fault_hook(step)
-        val_miou = validation_miou(sam, val, primary, dev)
-        if not math.isfinite(val_miou):  # NaN > best is False: it would keep the untrained decoder
-            raise TrainingFailed(f"validation mIoU became {val_miou} at epoch {epoch}")
-        metrics = {
-            "epoch": epoch,
-            "train_loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
-            "val_miou": val_miou,
-            "steps": step,
-            "seconds": time.time() - t0,
-        }
+        losses = _train_epoch(run, train, indices, rng, epoch, fault_hook)
+        metrics = _epoch_metrics(run, val, primary, epoch, losses, t0)
         history.append(metrics)
-        if val_miou > best_val:
-            best_val, best_epoch, since_best = val_miou, epoch, 0
+        if metrics["val_miou"] > best_val:
+            best_val, best_epoch, since_best = metrics["val_miou"], epoch, 0
             best_state = copy.deepcopy(sam.mask_decoder.state_dict())
         else:
             since_best += 1
-        if on_epoch is not None and on_epoch(epoch, metrics):
-            stopped_early = True
-            break
-        if cfg.patience and since_best >= cfg.patience:
+        if (on_epoch is not None and on_epoch(epoch, metrics)) or (
+            cfg.patience and since_best >= cfg.patience
+        ):
             stopped_early = True
             break
     sam.mask_decoder.load_state_dict(best_state)
     for p in sam.parameters():
         p.requires_grad_(False)
     final_state = {k: v.detach().cpu().clone() for k, v in best_state.items()}
-    health = _health(history, step_losses)
+    health = _health(history, run.step_losses)
     if unchanged(start_state, final_state):
         health.append("unchanged")
     return TrainResult(
@@ -389,11 +498,11 @@ def train_decoder(
         history=history,
         best_epoch=best_epoch,
         best_val_miou=best_val,
-        steps=step,
+        steps=run.step,
         seconds=time.time() - t0,
         health=health,
         stopped_early=stopped_early,
-        samples_seen=seen,
+        samples_seen=run.seen,
     )
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from specialsam.finetune.cache import atomic_write_bytes
+from specialsam.atomic import atomic_write_bytes
 from specialsam.models.headless import load_decoder_state
 from specialsam.models.registry import save_official
 

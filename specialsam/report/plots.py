@@ -1,4 +1,7 @@
-"""The rules' two plots, drawn on an Agg canvas (no pyplot, no global backend state, safe in workers)."""
+"""The rules report's two plots, on an Agg canvas (no pyplot, no global backend state, safe in workers).
+
+Reads analysis results only (``BaselineRuleReport``, ``DataRuleReport``); called by ``report.markdown``.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
-    from specialsam.analysis.rules import BaselineRuleReport, DataRuleReport
+    from specialsam.analysis.baseline_rule import BaselineRuleReport
+    from specialsam.analysis.data_rule import DataRuleReport
 
 _MARKERS = "osD^v<>Pph*X"
 

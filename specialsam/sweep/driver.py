@@ -21,13 +21,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from specialsam.analysis.rules import BaselineResult, TrialResult, format_summary, write_report
+from specialsam.analysis.results import BaselineResult, TrialResult
+from specialsam.analysis.summaries import format_summary
+from specialsam.atomic import atomic_write_bytes
 from specialsam.config import SweepConfig, config_to_dict
 from specialsam.errors import UserError, check_writable_dir, disk_full
-from specialsam.finetune.cache import EmbeddingCache, atomic_write_bytes, default_cache_dir
+from specialsam.finetune.cache import EmbeddingCache, default_cache_dir
 from specialsam.finetune.evaluate import score_extra_tests, score_split
 from specialsam.finetune.pack import Pack, PackSettings, build_pack, model_identity
 from specialsam.models.registry import load_model
+from specialsam.report.markdown import write_report
 from specialsam.sweep.plan import (
     EMBEDDING_BYTES,
     ENCODE_IMAGES_PER_S,
@@ -374,9 +377,9 @@ class _Live:
 def run_sweep(cfg: SweepConfig, opts: RunOptions) -> SweepOutcome | Plan:
     """One sweep; a Ctrl-C anywhere in it (encoding, baselines, a Tune phase, the report) ends as
     ``SweepInterrupted`` instead of a truncated sweep reported as finished."""
-    from specialsam.sweep import phases as tune_wiring
+    from specialsam.sweep import phases
 
-    had_ray = tune_wiring.ray_running()  # a Ray this process already runs (a caller's) is left alone
+    had_ray = phases.ray_running()  # a Ray this process already runs (a caller's) is left alone
     live = _Live()
     try:
         return _run_sweep(cfg, opts, live)
@@ -391,13 +394,13 @@ def _close_interrupted(live: _Live, stop_ray: bool) -> None:
     skips the step it lands in (``--resume`` closes leftover runs; process exit ends Ray)."""
     import sys
 
-    from specialsam.sweep import phases as tune_wiring
+    from specialsam.sweep import phases
 
     def kill_runs() -> None:
         if live.tracker is not None and live.parent is not None:
             live.tracker.kill_sweep(live.parent)
 
-    for step in [kill_runs, *([tune_wiring.stop_ray] if stop_ray else [])]:
+    for step in [kill_runs, *([phases.stop_ray] if stop_ray else [])]:
         try:
             step()
         except KeyboardInterrupt:
@@ -420,7 +423,7 @@ def _reusable_baselines(tracker: Tracker, parent: str) -> dict[str, Any]:
 
 def _run_sweep(cfg: SweepConfig, opts: RunOptions, live: _Live) -> SweepOutcome | Plan:
     from specialsam.device import select_device
-    from specialsam.sweep import phases as tune_wiring
+    from specialsam.sweep import phases
 
     # 1. every check on user input, before anything is written
     uri = resolve_tracking_uri(opts.tracking_uri, opts.cwd)
@@ -443,8 +446,8 @@ def _run_sweep(cfg: SweepConfig, opts: RunOptions, live: _Live) -> SweepOutcome 
         if cfg.resources.max_concurrent:
             parallel = min(parallel, cfg.resources.max_concurrent)
         return make_plan(cfg, task, models, cache, parallel, dev.device.type)
-    tune_wiring.init_ray(opts.address)
-    tune_wiring.check_gpus(cfg.resources.gpus_per_trial)
+    phases.init_ray(opts.address)
+    phases.check_gpus(cfg.resources.gpus_per_trial)
     tracker = Tracker(uri, opts.experiment or experiment_name(cfg.task))
 
     # 2. embeddings + packs (the encoder runs here, once per image, never in a trial)
@@ -519,13 +522,13 @@ def _run_sweep(cfg: SweepConfig, opts: RunOptions, live: _Live) -> SweepOutcome 
         base_extra[name] = primary_base.extra_miou
         extras = "".join(f"; extra test set {k} {v:.3f}" for k, v in primary_base.extra_miou.items())
         _say(f"baseline {name}: " + ", ".join(f"{b.prompt} {b.miou:.3f}" for b in per) + extras, opts)
-    log = tune_wiring.SweepLogging(
+    log = phases.SweepLogging(
         tracker, parent, common, baseline_primary, base_ret, cfg.eval.primary, base_extra=base_extra
     )
 
     # 4. phases
     threads = max(1, int(cfg.resources.cpus_per_trial))
-    resources = tune_wiring.trial_resources(cfg.resources.cpus_per_trial, cfg.resources.gpus_per_trial)
+    resources = phases.trial_resources(cfg.resources.cpus_per_trial, cfg.resources.gpus_per_trial)
     ctx_base = {
         "packs": {n: str(p.folder) for n, p in packs.items()},
         "cache_dir": str(cache.root),
@@ -552,7 +555,7 @@ def _run_sweep(cfg: SweepConfig, opts: RunOptions, live: _Live) -> SweepOutcome 
     for name in cfg.models:
         ctx = {**ctx_base, "phase": "tune", "train": train_settings}
         space = {
-            **tune_wiring.tune_param_space(cfg.search.space),
+            **phases.tune_param_space(cfg.search.space),
             "model": name,
             "n_train": cfg.search.n_train,
             "seed": cfg.curve.seeds[0],
@@ -562,21 +565,21 @@ def _run_sweep(cfg: SweepConfig, opts: RunOptions, live: _Live) -> SweepOutcome 
             f"{cfg.search.scheduler.type}",
             opts,
         )
-        recs = tune_wiring.run_phase(
-            f"tune-{name}",
-            space,
-            ctx,
-            log,
-            folder,
-            resources,
-            cfg.search.num_samples,
-            cfg.search.searcher.type,
-            cfg.search.searcher.seed,
-            cfg.search.scheduler.model_dump() if cfg.search.scheduler.type == "asha" else None,
-            cfg.resources.max_concurrent,
+        recs = phases.run_phase(
+            name=f"tune-{name}",
+            param_space=space,
+            ctx=ctx,
+            log=log,
+            storage=folder,
+            resources=resources,
+            num_samples=cfg.search.num_samples,
+            searcher=cfg.search.searcher.type,
+            searcher_seed=cfg.search.searcher.seed,
+            asha=cfg.search.scheduler.model_dump() if cfg.search.scheduler.type == "asha" else None,
+            max_concurrent=cfg.resources.max_concurrent,
         )
         records += recs
-        best = tune_wiring.best_params(recs) or {}
+        best = phases.best_params(recs) or {}
         state["best"][name] = best
         _save_state(folder, state)
         _say(f"  best {name}: {best}", opts)
@@ -592,8 +595,14 @@ def _run_sweep(cfg: SweepConfig, opts: RunOptions, live: _Live) -> SweepOutcome 
         f"phase B (learning curve): {len(cfg.models) * len(cfg.curve.n_train) * len(cfg.curve.seeds)} trials",
         opts,
     )
-    records += tune_wiring.run_phase(
-        "curve", grid, ctx, log, folder, resources, 1, None, 0, None, cfg.resources.max_concurrent
+    records += phases.run_phase(
+        name="curve",
+        param_space=grid,
+        ctx=ctx,
+        log=log,
+        storage=folder,
+        resources=resources,
+        max_concurrent=cfg.resources.max_concurrent,
     )
 
     # 5. rules, report, export

@@ -35,9 +35,9 @@ from ray import tune
 
 from specialsam.finetune.cache import EmbeddingCache
 from specialsam.finetune.pack import Pack
+from specialsam.finetune.train import SEARCHABLE
 from specialsam.sweep.tracking import ROLE, TRIAL_ID, Tracker
 
-SEARCHABLE = ("lr", "bce_weight", "dice_weight", "focal_weight", "point_fraction", "weight_decay")
 TRIAL_PARAMS = (*SEARCHABLE, "n_train", "model", "seed")
 
 
@@ -583,17 +583,18 @@ def sigint_stops_tune() -> Iterator[Callable[[], bool]]:
 
 
 def run_phase(
+    *,
     name: str,
     param_space: dict[str, Any],
     ctx: dict[str, Any],
     log: SweepLogging,
     storage: Path | str,
     resources: dict[str, float],
-    num_samples: int,
-    searcher: str | None,
-    searcher_seed: int,
-    asha: dict | None,
-    max_concurrent: int | None,
+    num_samples: int = 1,
+    searcher: str | None = None,
+    searcher_seed: int = 0,
+    asha: dict | None = None,
+    max_concurrent: int | None = None,
     max_failures: int = 2,
 ) -> list[TrialRecord]:
     """Run (or resume) one Tune experiment and return its trials' records."""

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from specialsam.analysis.rules import BaselineRuleReport, _overall, fit_crossover
+from specialsam.analysis.baseline_rule import BaselineRuleReport, fit_crossover
+from specialsam.analysis.results import overall_verdict as _overall
 from specialsam.report.plots import plot_gain_vs_baseline
 
 STUDY_EXPERIMENT = "specialsam-study"

@@ -301,10 +301,8 @@ def _check_not_empty(
         raise empty_split_error("folder", split, str(data_root), ", ".join(why), remedy)
 
 
-def load(data_root: Path | None, options: Options, seed: int) -> TaskData:
-    if data_root is None:
-        raise UserError("--task folder needs --data-root DIR with images/ and masks/")
-    _check_options(options)
+def _pair_files(data_root: Path, notes: list[str]) -> tuple[dict[str, Path], dict[str, Path]]:
+    """Images and masks by file stem; every image needs a mask (a mask without image is noted)."""
     img_dir, mask_dir = data_root / "images", data_root / "masks"
     _folder(img_dir, "--task folder needs DIR/images and DIR/masks")
     _folder(mask_dir, "put one mask per image there (same file stem)")
@@ -320,11 +318,17 @@ def load(data_root: Path | None, options: Options, seed: int) -> TaskData:
             f"{len(missing)} images in {img_dir} have no mask in {mask_dir} (same stem expected): "
             f"{_first(missing)}"
         )
-    notes: list[str] = []
     orphans = len(set(masks) - set(images))
     if orphans:
         notes.append(f"{orphans} masks in {mask_dir} have no image and were ignored")
+    return images, masks
 
+
+def _split_groups(
+    data_root: Path, images: dict[str, Path], options: Options, seed: int, notes: list[str]
+) -> tuple[dict[str, list[str]], dict[str, str], bool]:
+    """Stems per split from ``splits.csv`` when there is one, else seeded; returns (groups,
+    category per stem, whether the CSV was used)."""
     csv_path = data_root / "splits.csv"
     category: dict[str, str] = {}
     csv_used = csv_path.is_file()
@@ -334,33 +338,61 @@ def load(data_root: Path | None, options: Options, seed: int) -> TaskData:
     else:
         groups, note = _seeded_groups(images, options, seed, csv_path)
         notes.append(note)
+    return groups, category, csv_used
 
+
+def _read_targets(img_path: Path, mask_path: Path, options: Options) -> tuple[np.ndarray, list]:
+    """An image and its mask's targets ((suffix, mask) per instance); sizes must match."""
+    image = read_image(img_path, options.max_pixels)
+    raw = _decode(mask_path, cv2.IMREAD_UNCHANGED, "mask", options.max_pixels)
+    if tuple(raw.shape[:2]) != tuple(image.shape[:2]):
+        raise UserError(
+            f"mask {mask_path} is {raw.shape[1]}x{raw.shape[0]} (WxH) but its image {img_path} is "
+            f"{image.shape[1]}x{image.shape[0]}; masks must match their image's size"
+        )
+    return image, mask_targets(raw, mask_path, options.split_instances, options.min_value_fraction)
+
+
+def _split_samples(
+    stems: list[str],
+    images: dict[str, Path],
+    masks: dict[str, Path],
+    category: dict[str, str],
+    options: Options,
+) -> tuple[list[Sample], int, int]:
+    """One split's samples (one per mask instance); returns (samples, images skipped for an empty
+    mask, multi-valued masks)."""
+    out: list[Sample] = []
+    n_empty = n_multi = 0
+    for stem in stems:
+        image, targets = _read_targets(images[stem], masks[stem], options)
+        n_multi += targets[0][0] != ""
+        kept = [(sfx, m) for sfx, m in targets if m.any()]
+        if not kept:
+            n_empty += 1
+            continue
+        small = resize_image(image, options.max_side)  # one array shared by an image's instances
+        for sfx, m in kept:
+            out.append(
+                Sample(f"{stem}{sfx}", small, resize_mask(m, options.max_side), category.get(stem, ""))
+            )
+    return out, n_empty, n_multi
+
+
+def load(data_root: Path | None, options: Options, seed: int) -> TaskData:
+    """Pair images with masks, split them (``splits.csv`` or seeded), read every pair's samples."""
+    if data_root is None:
+        raise UserError("--task folder needs --data-root DIR with images/ and masks/")
+    _check_options(options)
+    notes: list[str] = []
+    images, masks = _pair_files(data_root, notes)
+    groups, category, csv_used = _split_groups(data_root, images, options, seed, notes)
     splits: dict[str, list[Sample]] = {}
     empty = dict.fromkeys(SPLITS, 0)
     n_multi = 0
     for split in SPLITS:
-        out = []
-        for stem in groups[split]:
-            img_path, mask_path = images[stem], masks[stem]
-            image = read_image(img_path, options.max_pixels)
-            raw = _decode(mask_path, cv2.IMREAD_UNCHANGED, "mask", options.max_pixels)
-            if tuple(raw.shape[:2]) != tuple(image.shape[:2]):
-                raise UserError(
-                    f"mask {mask_path} is {raw.shape[1]}x{raw.shape[0]} (WxH) but its image {img_path} is "
-                    f"{image.shape[1]}x{image.shape[0]}; masks must match their image's size"
-                )
-            targets = mask_targets(raw, mask_path, options.split_instances, options.min_value_fraction)
-            n_multi += targets[0][0] != ""
-            kept = [(sfx, m) for sfx, m in targets if m.any()]
-            if not kept:
-                empty[split] += 1
-                continue
-            small = resize_image(image, options.max_side)  # one array shared by an image's instances
-            for sfx, m in kept:
-                out.append(
-                    Sample(f"{stem}{sfx}", small, resize_mask(m, options.max_side), category.get(stem, ""))
-                )
-        splits[split] = out
+        splits[split], empty[split], multi = _split_samples(groups[split], images, masks, category, options)
+        n_multi += multi
     splits, dups = dedupe_samples(splits)
     _check_not_empty(splits, groups, empty, dups, data_root, csv_used)
     n_empty = sum(empty.values())

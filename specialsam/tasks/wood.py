@@ -41,11 +41,8 @@ reports the study's grid beside the randomised default):
   the target's texture is never reused). Tiles look alike.
 
 ``Sample.category`` is the target tile's cluster (``cluster0`` ...). Without ``data_root`` the
-stand-in is ``n_textures`` procedural wood textures (rings and grain from sinusoids of distorted
-radial/linear coordinates, fibre streaks, low-frequency colour, knots) in five colour families
-(pale, oak, walnut, reddish, grey), then the same clustering, split and mosaics. Grain runs along
-one axis (within 15 degrees) in every texture, as in photographs of boards, so tiles of one
-cluster differ by ring pattern, period, figure and shade rather than by a rotated grain.
+stand-in is ``n_textures`` procedural wood textures (:mod:`specialsam.tasks.procedural.wood`),
+then the same clustering, split and mosaics.
 
 ``n_train``, ``n_val`` and ``n_test`` are at least 1 (an empty split trains or tests nothing);
 ``max_pixels`` refuses a photograph whose header claims more pixels than that, before decoding.
@@ -63,6 +60,9 @@ import numpy as np
 from specialsam.errors import UserError
 from specialsam.tasks.base import Sample
 from specialsam.tasks.io import DEFAULT_MAX_PIXELS, check_max_pixels, list_images, read_image
+from specialsam.tasks.procedural.layouts import adjacency, fixed_layout, random_layout
+from specialsam.tasks.procedural.wood import FAMILIES, standin_textures
+from specialsam.tasks.procedural.wood import procedural_wood as procedural_wood  # wood.procedural_wood
 from specialsam.tasks.splits import TaskDataWithExtras, content_hash, split_counts, split_keys, stable_rng
 from specialsam.tasks.texture_features import cluster_textures
 
@@ -136,7 +136,7 @@ class WoodTaskData(TaskDataWithExtras):
 
 
 # ---------------------------------------------------------------------------------------------
-# Options and real data
+# Options, real data and the stand-in's textures
 
 
 def _fixed_grid_fits(o: Options) -> bool:
@@ -268,160 +268,10 @@ def load_real_textures(root: Path, options: Options) -> tuple[list[Texture], lis
     return textures, notes
 
 
-# ---------------------------------------------------------------------------------------------
-# Procedural wood
-
-
-FAMILIES: dict[str, tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float]]] = {
-    # name: (earlywood RGB, latewood RGB, ring period range in px at 512)
-    "pale": ((232, 208, 170), (205, 172, 128), (5, 14)),
-    "oak": ((206, 164, 110), (150, 104, 58), (10, 28)),
-    "walnut": ((128, 90, 62), (68, 44, 30), (8, 22)),
-    "reddish": ((192, 108, 74), (132, 60, 40), (7, 18)),
-    "grey": ((176, 172, 162), (112, 108, 102), (9, 26)),
-}
-
-
-def _lowfreq(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
-    g = rng.uniform(-1, 1, (cells, cells)).astype(np.float32)
-    return cv2.resize(g, (size, size), interpolation=cv2.INTER_CUBIC)
-
-
-def procedural_wood(rng: np.random.Generator, size: int, family: str) -> np.ndarray:
-    """One wood texture (size x size RGB uint8) of a colour family.
-
-    Colour variation is mostly brightness (shared by the channels) with a small per-channel part,
-    so a family keeps its hue the way real boards of one species do. Grain runs vertically
-    (rotated by at most 15 degrees).
-    """
-    early, late, (pmin, pmax) = FAMILIES[family]
-    jitter = rng.normal(0, 10) + rng.normal(0, 3, 3)
-    early_c = np.asarray(early, np.float32) + jitter
-    late_c = np.asarray(late, np.float32) + jitter + rng.normal(0, 6) + rng.normal(0, 2, 3)
-    scale = size / 512
-    period = rng.uniform(pmin, pmax) * scale
-    big = int(size * 1.25) + 2  # generated larger, then rotated (<= 15 deg) and centre-cropped
-    yy, xx = np.mgrid[0:big, 0:big].astype(np.float32)
-    warp = _lowfreq(rng, big, int(rng.integers(3, 7))) * np.float32(rng.uniform(4, 18) * scale)
-    if rng.random() < 0.6:  # flat-sawn: elongated rings ("cathedrals")
-        cx = big / 2 + rng.uniform(-0.3, 0.3) * big
-        cy = rng.choice([-1, 1]) * rng.uniform(0.6, 2.0) * big + big / 2
-        k = rng.uniform(0.04, 0.25)
-        r = np.sqrt((xx - np.float32(cx)) ** 2 + ((yy - np.float32(cy)) * np.float32(k)) ** 2)
-    else:  # quarter-sawn: straight grain
-        r = xx
-    phase = (r + warp) / np.float32(period) + 0.35 * _lowfreq(rng, big, int(rng.integers(4, 10)))
-    t = phase - np.floor(phase)
-    band = t ** np.float32(rng.uniform(2.0, 6.0))  # sharp latewood bands
-    band *= np.float32(rng.uniform(0.7, 1.1))
-    # fibre streaks along the grain (y), blotchy brightness, slight colour blotches, fine noise
-    fib = cv2.resize(
-        rng.standard_normal((max(4, big // 24), big), dtype=np.float32),
-        (big, big),
-        interpolation=cv2.INTER_LINEAR,
-    )
-    lum = fib * np.float32(rng.uniform(3, 9)) + _lowfreq(rng, big, int(rng.integers(2, 5))) * np.float32(
-        rng.uniform(5, 14)
-    )
-    img = early_c + (late_c - early_c) * band[..., None] + lum[..., None]
-    img += _lowfreq(rng, big, 3)[..., None] * rng.uniform(-3, 3, 3).astype(np.float32)
-    if rng.random() < 0.3:  # a knot: dark core with its own rings
-        kx, ky = rng.uniform(0.3, 0.7, 2) * big
-        rad = rng.uniform(12, 30) * scale
-        rk = np.sqrt(
-            (xx - np.float32(kx)) ** 2 + ((yy - np.float32(ky)) * np.float32(rng.uniform(1.3, 2.5))) ** 2
-        )
-        tk = (rk / np.float32(max(period * 0.4, 1.0))) % 1.0
-        alpha = np.exp(-((rk / np.float32(rad)) ** 2))[..., None]
-        img = img * (1 - alpha) + (late_c * 0.8 + (early_c - late_c) * 0.3 * tk[..., None]) * alpha
-    img += rng.standard_normal(img.shape[:2], dtype=np.float32)[..., None] * np.float32(2.5)
-    img = np.clip(img, 0, 255).astype(np.uint8)
-    m = cv2.getRotationMatrix2D((big / 2, big / 2), rng.uniform(-15, 15), 1.0)
-    img = cv2.warpAffine(img, m, (big, big), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    o = (big - size) // 2
-    return np.ascontiguousarray(img[o : o + size, o : o + size])
-
-
 def procedural_textures(options: Options, seed: int) -> list[Texture]:
-    names = list(FAMILIES)
-    rng = stable_rng(seed, "wood-textures")
-    fams = [names[i % len(names)] for i in range(options.n_textures)]
-    rng.shuffle(fams)
-    return [
-        Texture(
-            f"procedural-{i:03d}-{fam}",
-            procedural_wood(stable_rng(seed, "wood", i), options.mosaic_size, fam),
-            species=fam,
-        )
-        for i, fam in enumerate(fams)
-    ]
-
-
-# ---------------------------------------------------------------------------------------------
-# Layouts
-
-
-def fixed_layout(size: int, tile: int) -> np.ndarray:
-    """Label map of the regular grid (row-major tile ids)."""
-    g = size // tile
-    yy, xx = np.mgrid[0:size, 0:size]
-    return ((yy // tile) * g + xx // tile).astype(np.int32)
-
-
-def _connected(region: np.ndarray) -> bool:
-    n, _ = cv2.connectedComponents(region.astype(np.uint8), connectivity=4)
-    return n == 2
-
-
-def random_layout(
-    rng: np.random.Generator, size: int, n_tiles: int, amplitude: float, min_fraction: float
-) -> np.ndarray:
-    """Label map with ``n_tiles`` connected regions (fewer only if cuts keep failing) separated by
-    wavy seams at random positions: repeatedly cut the largest region."""
-    labels = np.zeros((size, size), np.int32)
-    coord = np.arange(size, dtype=np.float32)
-    min_area = min_fraction * size * size
-    for new in range(1, n_tiles):
-        areas = np.bincount(labels.ravel(), minlength=new)
-        for _attempt in range(40):
-            r = int(rng.choice(new, p=areas / areas.sum()))
-            region = labels == r
-            ys, xs = np.nonzero(region)
-            y0, y1, x0, x1 = ys.min(), ys.max(), xs.min(), xs.max()
-            h, w = y1 - y0 + 1, x1 - x0 + 1
-            vertical = rng.random() < w / (w + h)  # a vertical seam splits along x
-            lo, ext = (x0, w) if vertical else (y0, h)
-            wave = np.zeros(size, np.float32)  # seam offset as a function of the position along it
-            for _ in range(2):
-                freq = rng.uniform(0.6, 3.0)
-                wave += (amplitude * size / 2 * rng.uniform(0.5, 1.0)) * np.sin(
-                    2 * np.pi * freq * coord / size + rng.uniform(0, 2 * np.pi)
-                )
-            offset = coord - (lo + rng.uniform(0.3, 0.7) * ext)
-            side = (
-                (offset[None, :] - wave[:, None] > 0) if vertical else (offset[:, None] - wave[None, :] > 0)
-            )
-            a, b = region & side, region & ~side
-            if a.sum() < min_area or b.sum() < min_area or not (_connected(a) and _connected(b)):
-                continue
-            labels[a] = new
-            break
-        else:
-            break
-    return labels
-
-
-def adjacency(labels: np.ndarray, min_pixels: int = 3) -> set[tuple[int, int]]:
-    """Pairs (a < b) of labels sharing at least ``min_pixels`` 4-neighbour boundary pixels."""
-    pairs: dict[tuple[int, int], int] = {}
-    for a, b in ((labels[:, 1:], labels[:, :-1]), (labels[1:], labels[:-1])):
-        d = a != b
-        lo, hi = np.minimum(a[d], b[d]), np.maximum(a[d], b[d])
-        codes, counts = np.unique(lo.astype(np.int64) * 1000 + hi, return_counts=True)
-        for code, cnt in zip(codes, counts, strict=True):
-            key = (int(code // 1000), int(code % 1000))
-            pairs[key] = pairs.get(key, 0) + int(cnt)
-    return {k for k, v in pairs.items() if v >= min_pixels}
+    """The stand-in's textures, labelled with their colour family as species."""
+    made = standin_textures(options.n_textures, options.mosaic_size, seed)
+    return [Texture(key, image, species=family) for key, image, family in made]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -620,27 +470,31 @@ def _species_note(textures: list[Texture]) -> str | None:
     )
 
 
-def load(data_root: Path | None, options: Options, seed: int) -> WoodTaskData:
-    _check_options(options)
-    notes: list[str] = []
+def _standin_textures(options: Options, seed: int, notes: list[str]) -> tuple[list[Texture], str]:
+    """The procedural textures that stand in when there is no ``--data-root``; returns (textures, source)."""
+    if options.n_textures < 4 * options.n_clusters:
+        raise UserError(
+            f"data.n_textures={options.n_textures} for task wood; the stand-in needs at least "
+            f"4 x n_clusters = {4 * options.n_clusters}"
+        )
+    notes.append(
+        "wood: no --data-root, so procedural wood textures stand in for the real photographs; "
+        "pass --data-root DIR with DIR/images/images/*.jpg (and optional DIR/wood.csv) to use them"
+    )
+    source = (
+        f"procedural stand-in: {options.n_textures} generated wood textures "
+        f"in {len(FAMILIES)} colour families"
+    )
+    return procedural_textures(options, seed), source
+
+
+def _load_textures(
+    data_root: Path | None, options: Options, seed: int, notes: list[str]
+) -> tuple[list[Texture], str, str]:
+    """The distinct textures (photographs or the stand-in); returns (textures, data, source)."""
     if data_root is None:
-        if options.n_textures < 4 * options.n_clusters:
-            raise UserError(
-                f"data.n_textures={options.n_textures} for task wood; the stand-in needs at least "
-                f"4 x n_clusters = {4 * options.n_clusters}"
-            )
-        textures = procedural_textures(options, seed)
-        data, source = (
-            "procedural",
-            (
-                f"procedural stand-in: {options.n_textures} generated wood textures "
-                f"in {len(FAMILIES)} colour families"
-            ),
-        )
-        notes.append(
-            "wood: no --data-root, so procedural wood textures stand in for the real photographs; "
-            "pass --data-root DIR with DIR/images/images/*.jpg (and optional DIR/wood.csv) to use them"
-        )
+        textures, source = _standin_textures(options, seed, notes)
+        data = "procedural"
     else:
         textures, csv_notes = load_real_textures(data_root, options)
         notes += csv_notes
@@ -653,6 +507,11 @@ def load(data_root: Path | None, options: Options, seed: int) -> WoodTaskData:
             f"wood folder {source} has {len(textures)} distinct images; need at least 4 x n_clusters = "
             f"{4 * options.n_clusters}; add images or lower data.n_clusters"
         )
+    return textures, data, source
+
+
+def _cluster(textures: list[Texture], options: Options, seed: int, notes: list[str]) -> None:
+    """Set each texture's look-alike cluster, and say how the clusters came out."""
     labels = cluster_textures(
         [t.image for t in textures], options.n_clusters, seed, options.resnet18_checkpoint
     )
@@ -668,16 +527,17 @@ def load(data_root: Path | None, options: Options, seed: int) -> WoodTaskData:
             "wood layout=fixed (the study's grid): a decoder can learn 'fill the clicked quadrant' "
             "without telling woods apart; use layout=random for evidence of texture discrimination"
         )
-    by_key = {t.key: t for t in textures}
-    tsplit = _split_textures(textures, options, seed)
-    counts = {"train": options.n_train, "val": options.n_val, "test": options.n_test}
-    out: dict[str, list[Sample]] = {}
-    infos: dict[str, MosaicInfo] = {}
-    for split in ("train", "val", "test"):
-        out[split], info = build_mosaics(
-            by_key, tsplit[split], options.mode, counts[split], options, seed, split
-        )
-        infos.update(info)
+
+
+def _extra_tests(
+    by_key: dict[str, Texture],
+    tsplit: dict[str, list[str]],
+    options: Options,
+    seed: int,
+    notes: list[str],
+    infos: dict[str, MosaicInfo],
+) -> dict[str, list[Sample]]:
+    """The other mode's test set, and the same mode in the other layout, from the test textures."""
     other = "hard" if options.mode == "standard" else "standard"
     extras: dict[str, list[Sample]] = {}
     extras[other], info = build_mosaics(by_key, tsplit["test"], other, options.n_test, options, seed, "test")
@@ -696,6 +556,26 @@ def load(data_root: Path | None, options: Options, seed: int) -> WoodTaskData:
             by_key, tsplit["test"], options.mode, options.n_test, lay, seed, "test"
         )
         infos.update(info)
+    return extras
+
+
+def load(data_root: Path | None, options: Options, seed: int) -> WoodTaskData:
+    """Textures -> clusters -> texture split -> mosaics per split, plus the extra test sets."""
+    _check_options(options)
+    notes: list[str] = []
+    textures, data, source = _load_textures(data_root, options, seed, notes)
+    _cluster(textures, options, seed, notes)
+    by_key = {t.key: t for t in textures}
+    tsplit = _split_textures(textures, options, seed)
+    counts = {"train": options.n_train, "val": options.n_val, "test": options.n_test}
+    out: dict[str, list[Sample]] = {}
+    infos: dict[str, MosaicInfo] = {}
+    for split in ("train", "val", "test"):
+        out[split], info = build_mosaics(
+            by_key, tsplit[split], options.mode, counts[split], options, seed, split
+        )
+        infos.update(info)
+    extras = _extra_tests(by_key, tsplit, options, seed, notes, infos)
     notes.append(
         f"wood: mode={options.mode}, layout={options.layout}; textures per split "
         + ", ".join(f"{s} {len(v)}" for s, v in tsplit.items())

@@ -138,35 +138,68 @@ def _stuff_labels(rng: np.random.Generator, size: int, k: int) -> np.ndarray:
     return d.argmin(0)
 
 
-def make_scene(seed: int | tuple[int, ...], size: int = SIZE, stuff_p: float = STUFF_P) -> Scene:
-    """One scene, a pure function of ``seed`` (and ``stuff_p``: 0 gives the stage-1 scenes)."""
-    rng = np.random.default_rng(seed)
+Layers = list[tuple[np.ndarray, int | None]]
+"""Painted regions in drawing order: (mask, parent layer index for a nested part, else None)."""
+
+
+def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A textured background, sometimes under an illumination gradient; returns (image, colour)."""
     bg_colour = rng.uniform(0, 255, 3)
     img = _texture(rng, size, bg_colour, int(rng.integers(4)))
     if rng.random() < 0.5:  # illumination gradient
         yy, xx = _grid(size)
         a = rng.uniform(0, 2 * np.pi)
         img += ((xx * np.cos(a) + yy * np.sin(a)) * (rng.uniform(-50, 50) / size))[..., None]
+    return img, bg_colour
 
-    colours = [bg_colour]
-    layers: list[tuple[np.ndarray, int | None]] = []  # (mask, parent layer index for parts)
-    stuff = stuff_p > 0 and np.random.default_rng((*np.atleast_1d(seed), 7)).random() < stuff_p
-    if stuff:  # stuff regions replace the plain background and are targets themselves
-        srng = np.random.default_rng((*np.atleast_1d(seed), 8))
-        labels = _stuff_labels(srng, size, int(srng.integers(2, 6)))
-        for c in range(int(labels.max()) + 1):
-            m = labels == c
-            if m.sum() < MIN_AREA:
-                continue
-            similar = srng.random() < 0.3  # told apart by texture more than by colour
-            colour = colours[-1] + srng.normal(0, 20, 3) if similar else _distinct_colour(srng, colours)
-            colours.append(colour)
-            tex = _texture(srng, size, colour, int(srng.integers(4)))
-            img[m] = tex[m]
-            layers.append((m, None))
-    n_obj = int(rng.integers(1, 5)) + int(rng.random() < 0.5)  # + an extra thin/small/texture one
-    if stuff:
-        n_obj = n_obj // 2
+
+def _paint_stuff(seed: int | tuple[int, ...], img: np.ndarray, colours: list, layers: Layers) -> None:
+    """Stuff regions (their own rng) replace the plain background; each is a target itself."""
+    size = img.shape[0]
+    srng = np.random.default_rng((*np.atleast_1d(seed), 8))
+    labels = _stuff_labels(srng, size, int(srng.integers(2, 6)))
+    for c in range(int(labels.max()) + 1):
+        m = labels == c
+        if m.sum() < MIN_AREA:
+            continue
+        similar = srng.random() < 0.3  # told apart by texture more than by colour
+        colour = colours[-1] + srng.normal(0, 20, 3) if similar else _distinct_colour(srng, colours)
+        colours.append(colour)
+        tex = _texture(srng, size, colour, int(srng.integers(4)))
+        img[m] = tex[m]
+        layers.append((m, None))
+
+
+def _part_of(rng: np.random.Generator, m: np.ndarray) -> np.ndarray:
+    """An ellipse inside object ``m`` around its centre (clipped to it): a nested part."""
+    ys, xs = np.nonzero(m)
+    part = np.zeros_like(m)
+    cy, cx = ys.mean(), xs.mean()
+    rad = np.sqrt(m.sum() / np.pi) * rng.uniform(0.25, 0.5)
+    cv2.ellipse(
+        part.view(np.uint8),
+        (int(cx), int(cy)),
+        (max(2, int(rad)), max(2, int(rad * rng.uniform(0.5, 1)))),
+        rng.uniform(0, 180),
+        0,
+        360,
+        1,
+        -1,
+    )
+    part &= m
+    return part
+
+
+def _paint_objects(
+    rng: np.random.Generator,
+    img: np.ndarray,
+    bg_colour: np.ndarray,
+    colours: list,
+    layers: Layers,
+    n_obj: int,
+) -> None:
+    """``n_obj`` objects in distinct colours (some told apart by texture alone), a few with a part."""
+    size = img.shape[0]
     for _ in range(n_obj):
         m = _random_object(rng, size)
         if m.sum() < MIN_AREA // 3:
@@ -180,21 +213,7 @@ def make_scene(seed: int | tuple[int, ...], size: int = SIZE, stuff_p: float = S
         img[m] = tex[m]
         layers.append((m, None))
         if not texture_defined and m.sum() > 1500 and rng.random() < 0.3:  # nested part
-            ys, xs = np.nonzero(m)
-            part = np.zeros_like(m)
-            cy, cx = ys.mean(), xs.mean()
-            rad = np.sqrt(m.sum() / np.pi) * rng.uniform(0.25, 0.5)
-            cv2.ellipse(
-                part.view(np.uint8),
-                (int(cx), int(cy)),
-                (max(2, int(rad)), max(2, int(rad * rng.uniform(0.5, 1)))),
-                rng.uniform(0, 180),
-                0,
-                360,
-                1,
-                -1,
-            )
-            part &= m
+            part = _part_of(rng, m)
             if part.sum() >= MIN_AREA:
                 pc = _distinct_colour(rng, colours)
                 colours.append(pc)
@@ -202,13 +221,11 @@ def make_scene(seed: int | tuple[int, ...], size: int = SIZE, stuff_p: float = S
                 img[part] = ptex[part]
                 layers.append((part, len(layers) - 1))
 
-    img += rng.standard_normal(img.shape, dtype=np.float32) * rng.uniform(0, 6)
-    img = np.clip(img, 0, 255).astype(np.uint8)
-    if rng.random() < 0.3:
-        img = cv2.GaussianBlur(img, (3, 3), 0)
 
-    # Visible masks: each layer minus everything drawn after it, except its own parts
-    # (a whole object's mask includes its part); parts are targets on their own too.
+def _visible_targets(layers: Layers) -> tuple[list[np.ndarray], list[bool]]:
+    """Visible masks: each layer minus everything drawn after it, except its own parts (a whole
+    object's mask includes its part); parts are targets on their own too. Returns (targets,
+    box_only: True for a whole with a part, where a point would be ambiguous)."""
     targets, box_only = [], []
     for i, (m, _parent) in enumerate(layers):
         later = np.zeros_like(m)
@@ -229,6 +246,28 @@ def make_scene(seed: int | tuple[int, ...], size: int = SIZE, stuff_p: float = S
             if body.sum() >= MIN_AREA:
                 targets.append(body)
                 box_only.append(False)
+    return targets, box_only
+
+
+def make_scene(seed: int | tuple[int, ...], size: int = SIZE, stuff_p: float = STUFF_P) -> Scene:
+    """One scene, a pure function of ``seed`` (and ``stuff_p``: 0 gives the stage-1 scenes)."""
+    rng = np.random.default_rng(seed)
+    img, bg_colour = _background(rng, size)
+    colours = [bg_colour]
+    layers: Layers = []
+    stuff = stuff_p > 0 and np.random.default_rng((*np.atleast_1d(seed), 7)).random() < stuff_p
+    if stuff:
+        _paint_stuff(seed, img, colours, layers)
+    n_obj = int(rng.integers(1, 5)) + int(rng.random() < 0.5)  # + an extra thin/small/texture one
+    if stuff:
+        n_obj = n_obj // 2
+    _paint_objects(rng, img, bg_colour, colours, layers, n_obj)
+
+    img += rng.standard_normal(img.shape, dtype=np.float32) * rng.uniform(0, 6)
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    if rng.random() < 0.3:
+        img = cv2.GaussianBlur(img, (3, 3), 0)
+    targets, box_only = _visible_targets(layers)
     return Scene(img, targets, box_only)
 
 

@@ -1,19 +1,8 @@
-"""The validated sweep configuration (``sweeps/<task>.yaml``).
+"""The sweep config's schema: the pydantic models a ``sweeps/<task>.yaml`` validates against.
 
-A sweep config is YAML read with ``yaml.safe_load`` and validated by the pydantic models below
-(``extra="forbid"`` everywhere, strict types: YAML already types its scalars). Every mistake is a
-one-line :class:`~specialsam.errors.UserError` naming the file (or the ``--set`` override) and the
-dotted key, with a "did you mean" suggestion for typos::
-
-    sweeps/carpet.yaml: unknown setting 'search.spce' (did you mean 'search.space'?)
-    sweeps/carpet.yaml: search.space.lr.low must be > 0 (got 0)
-    --set search.num_samples=0: search.num_samples must be >= 1 (got 0)
-
-Loading order (:func:`load_config`): the file, then its ``smoke:`` overrides (``--smoke`` only),
-then the command line's ``--set KEY=VALUE`` overrides, then validation. The ``smoke:`` section is
-checked on every load (applied to a copy), so a typo there shows up before anyone runs ``--smoke``.
-
-The two phases a sweep runs:
+``extra="forbid"`` everywhere and strict types (YAML already types its scalars); each validator
+raises :class:`~specialsam.config._text._Bad` so the message names the dotted key (see
+:mod:`specialsam.config._text`). The two phases a sweep runs:
 
 * **search** (phase A): per model, ``search.num_samples`` trials at ``search.n_train`` training
   samples over ``search.space``. A parameter not named in ``search.space`` keeps its default:
@@ -22,29 +11,18 @@ The two phases a sweep runs:
 * **curve** (phase B): per model, the best settings of phase A retrained at every
   ``curve.n_train`` for every ``curve.seeds`` seed, with no early stopping.
 
-YAML 1.1 (PyYAML) reads ``1e-4`` (no dot) as a string; the loader turns such exponent-notation
-strings back into numbers, in the file and in ``--set`` values alike. Non-finite numbers (``.inf``,
-``.nan``, ``1e999``) are errors wherever they appear. YAML anchors and aliases (``&name``,
-``*name``) are refused: a sweep config has no use for them, and a few hundred bytes of nested
-aliases ("billion laughs") would otherwise expand into gigabytes, so reading any config is linear
-in its size.
+Training defaults have one owner, :class:`~specialsam.finetune.train.TrainConfig`: ``train:``
+takes its defaults from there, except the trial budget (:data:`SWEEP_TRAIN_DEFAULTS`).
+:func:`train_config` turns ``train:`` plus a trial's searched values into the ``TrainConfig`` it runs.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import difflib
-import functools
-import json
-import math
-import re
 import typing
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -55,145 +33,29 @@ from pydantic import (
     model_validator,
 )
 
+from specialsam.config._text import _Bad, _describe, _suggest, _unknown
 from specialsam.errors import UserError
+from specialsam.finetune.train import SEARCHABLE, TrainConfig
 from specialsam.models.registry import MODEL_NAMES
 from specialsam.prompts import STRATEGIES
 from specialsam.tasks import TASKS, task_module, task_options
 
-SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
-"""Where the shipped sweep configs live (a source checkout: ``<repo>/sweeps``)."""
-
-SPACE_KEYS: tuple[str, ...] = (
-    "lr",
-    "bce_weight",
-    "dice_weight",
-    "focal_weight",
-    "point_fraction",
-    "weight_decay",
-)
-"""The hyperparameters ``search.space`` may name (all fields of
-:class:`specialsam.finetune.train.TrainConfig`)."""
+SPACE_KEYS = SEARCHABLE
+"""The hyperparameters ``search.space`` may name (all fields of :class:`TrainConfig`)."""
 
 LOSS_WEIGHTS = ("bce_weight", "dice_weight", "focal_weight")
 
+_TRAIN_CONFIG_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
-# --------------------------------------------------------------------------------------- errors
-
-
-class _Bad(ValueError):
-    """A validation problem at ``<loc>.<key>`` (``key`` may be empty: the validator's own loc).
-
-    ``text`` may contain ``{key}``, replaced by the full dotted key; ``candidates`` (for unknown
-    keys) are the known names at that level, for a "did you mean" suggestion.
-    """
-
-    def __init__(self, key: str, text: str, candidates: Sequence[str] | None = None) -> None:
-        super().__init__(text)
-        self.key, self.text, self.candidates = key, text, candidates
+SWEEP_TRAIN_DEFAULTS: dict[str, int] = {"epochs": 8, "max_steps": 300}
+"""Where ``train:`` differs on purpose from :class:`TrainConfig` (a single run: 10 epochs, no step
+cap): a sweep budgets every trial in optimizer steps too, so trials of any ``n_train`` cost about
+the same and the default sweep fits its time budget."""
 
 
-def _dotted(parts: Iterable[str | int]) -> str:
-    out = ""
-    for p in parts:
-        if isinstance(p, int):
-            out += f"[{p}]"
-        elif p.startswith("["):
-            out += p
-        else:
-            out += f".{p}" if out else str(p)
-    return out
-
-
-def _suggest(name: str, candidates: Iterable[str], prefix: str = "") -> str:
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
-
-
-def _unknown(full: str, candidates: Iterable[str]) -> str:
-    head, _, last = full.rpartition(".")
-    prefix = f"{head}." if head else ""
-    cands = sorted(candidates)
-    hint = _suggest(last, cands, prefix)
-    if not hint and cands:
-        hint = f" (known: {', '.join(cands)})"
-    return f"unknown setting '{full}'{hint}"
-
-
-def _num(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-_TYPE_WORDS = {
-    "int_type": "an integer",
-    "int_from_float": "an integer",
-    "int_parsing": "an integer",
-    "float_type": "a number",
-    "float_parsing": "a number",
-    "string_type": "a string",
-    "bool_type": "true or false",
-    "bool_parsing": "true or false",
-    "list_type": "a list",
-    "dict_type": "a mapping of settings",
-    "model_type": "a mapping of settings",
-    "model_attributes_type": "a mapping of settings",
-    "dataclass_type": "a mapping of settings",
-    "none_required": "null",
-    "finite_number": "a finite number",
-}
-_BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
-
-
-def _describe(err: dict[str, Any], loc: tuple[str | int, ...]) -> tuple[str, str]:
-    """(full dotted key, one-line message) for one pydantic error."""
-    kind, ctx = err["type"], err.get("ctx") or {}
-    full = _dotted(loc)
-    exc = ctx.get("error")
-    if isinstance(exc, _Bad):
-        full = _dotted((*loc, *exc.key.split("."))) if exc.key else full
-        if exc.candidates is not None:
-            return full, _unknown(full, exc.candidates) + exc.text.replace("{key}", full)
-        return full, exc.text.replace("{key}", full)
-    if kind == "extra_forbidden":
-        return full, _unknown(full, _fields_at(tuple(str(p) for p in loc[:-1])))
-    if kind == "missing":
-        return full, f"{full} is required"
-    got = f" (got {_short(err.get('input'))})"
-    if kind in _TYPE_WORDS:
-        return full, f"{full} must be {_TYPE_WORDS[kind]}{got}"
-    for bound, sign in _BOUNDS.items():
-        if bound in ctx and kind.startswith(("greater_than", "less_than")):
-            return full, f"{full} must be {sign} {_num(ctx[bound])}{got}"
-    if kind == "literal_error":
-        return full, f"{full} must be one of {ctx.get('expected', '?')}{got}"
-    if kind in ("too_short", "too_long"):
-        return full, f"{full} {err['msg'].lower()}"
-    msg = err["msg"].removeprefix("Value error, ")
-    return full, f"{full}: {msg}{got}"
-
-
-def _fields_at(parts: tuple[str, ...]) -> list[str]:
-    """Known setting names directly under the dotted key ``parts`` (for suggestions)."""
-    try:
-        node = _resolve(parts, task=None)
-    except UserError:
-        return []
-    if isinstance(node, type) and issubclass(node, BaseModel):
-        return list(node.model_fields)
-    if node == "space":
-        return list(SPACE_KEYS)
-    return []
-
-
-def _raise(exc: ValidationError, label_for: typing.Callable[[str], str]) -> None:
-    errors = exc.errors(include_url=False)
-    full, msg = _describe(errors[0], tuple(errors[0]["loc"]))
-    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-    raise UserError(f"{label_for(full)}: {msg}{more}") from None
+def _train_default(name: str) -> Any:
+    """The default of ``train.<name>``: the sweep's own budget, else TrainConfig's."""
+    return SWEEP_TRAIN_DEFAULTS.get(name, _TRAIN_CONFIG_DEFAULTS[name])
 
 
 # --------------------------------------------------------------------------------------- models
@@ -283,21 +145,21 @@ def _check_param_range(name: str, p: Param) -> None:
 class TrainSettings(_Model):
     """Training settings every trial shares (not searched)."""
 
-    epochs: int = Field(8, ge=1)
-    max_steps: int = Field(300, ge=0)
+    epochs: int = Field(_train_default("epochs"), ge=1)
+    max_steps: int = Field(_train_default("max_steps"), ge=0)
     """Optimizer-step cap per trial; 0 = no cap (epochs alone decide)."""
-    batch_size: int = Field(16, ge=1)
-    micro_batch: int = Field(0, ge=0)
+    batch_size: int = Field(_train_default("batch_size"), ge=1)
+    micro_batch: int = Field(_train_default("micro_batch"), ge=0)
     """Samples per forward/backward chunk (gradients accumulated); 0 = auto (4 for SAM-sized
     embeddings on CPU, where whole batches are memory-bound; else the whole batch)."""
-    patience: int = Field(3, ge=0)
+    patience: int = Field(_train_default("patience"), ge=0)
     """Epochs without validation improvement before stopping; 0 = never (phase B never stops early)."""
     flip: bool = False
     """Double the training set with horizontal flips."""
     loss_res: int = 256
     """Resolution the loss is computed at; 0 = the model's full input size, else >= 64."""
-    warmup_fraction: float = Field(0.05, ge=0, le=0.5)
-    weight_decay: float = Field(1e-4, ge=0)
+    warmup_fraction: float = Field(_train_default("warmup_fraction"), ge=0, le=0.5)
+    weight_decay: float = Field(_train_default("weight_decay"), ge=0)
     """Used unless ``search.space.weight_decay`` is given."""
 
     @field_validator("loss_res")
@@ -525,13 +387,22 @@ class SweepConfig(_Model):
         """The task's ``Options`` instance built from ``data``."""
         return task_options(self.task, self.data)
 
+    def train_config(self, params: Mapping[str, float], n_train: int, seed: int) -> TrainConfig:
+        """The ``TrainConfig`` of one trial of this sweep (see :func:`train_config`)."""
+        return train_config(self.train, params, n_train, seed)
 
-@functools.cache
+
 def _train_defaults() -> dict[str, float]:
-    from specialsam.finetune.train import TrainConfig
+    """TrainConfig's default of each searchable parameter."""
+    return {k: _TRAIN_CONFIG_DEFAULTS[k] for k in SPACE_KEYS}
 
-    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    return {k: fields[k] for k in SPACE_KEYS}
+
+def train_config(train: TrainSettings, params: Mapping[str, float], n_train: int, seed: int) -> TrainConfig:
+    """One trial's ``TrainConfig``: the shared ``train:`` settings that are TrainConfig fields, then
+    ``params`` (the trial's searched or best values; a parameter missing here keeps TrainConfig's
+    default, ``weight_decay`` keeps ``train.weight_decay``), then ``n_train`` and ``seed``."""
+    shared = {k: v for k, v in train.model_dump().items() if k in _TRAIN_CONFIG_DEFAULTS}
+    return TrainConfig(**{**shared, **params, "n_train": int(n_train), "seed": int(seed)})
 
 
 # ------------------------------------------------------------------------------ task data check
@@ -556,7 +427,7 @@ def _check_data(task: str, data: dict[str, Any]) -> None:
             TypeAdapter(hints[key]).validate_python(value, strict=True)
         except ValidationError as exc:
             err = exc.errors(include_url=False)[0]
-            _, msg = _describe(err, ("data", key, *err["loc"]))
+            _, msg = _describe(err, ("data", key, *err["loc"]), _fields_at)
             raise _Bad(f"data.{key}", msg.replace(f"data.{key}", "{key}", 1)) from None
     try:
         options = task_options(task, data)
@@ -569,106 +440,7 @@ def _check_data(task: str, data: dict[str, Any]) -> None:
         raise _Bad("data", str(exc)) from None
 
 
-# --------------------------------------------------------------------------------------- loading
-
-_EXP_FLOAT = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+$")
-
-
-class _NoAliasLoader(yaml.SafeLoader):
-    """``SafeLoader`` that stops at the first anchor or alias, before anything is expanded."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        event = self.peek_event()
-        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
-            mark = event.start_mark
-            raise UserError(
-                f"YAML anchors and aliases (&name, *name) are not allowed (line {mark.line + 1}, "
-                f"column {mark.column + 1}); write the values out"
-            )
-        return super().compose_node(parent, index)
-
-
-def _safe_load(text: str) -> Any:
-    """``yaml.safe_load`` without anchors/aliases; work and memory are linear in ``len(text)``.
-
-    Raises ``UserError`` (message without the source) for aliases and absurd nesting, and
-    ``yaml.YAMLError`` for syntax errors."""
-    loader = _NoAliasLoader(text)
-    try:
-        return loader.get_single_data()
-    except RecursionError:
-        raise UserError("the YAML is nested too deeply; a sweep config needs a few levels at most") from None
-    finally:
-        loader.dispose()
-
-
-class _NonFinite(ValueError):
-    """A non-finite number at ``key`` (a dotted path inside the value being read)."""
-
-    def __init__(self, key: str, value: float) -> None:
-        super().__init__(key)
-        self.key, self.value = key, value
-
-
-def _yaml12_numbers(obj: Any, key: str = "") -> Any:
-    """Turn exponent-notation strings PyYAML leaves as text (``1e-4``) into floats; a non-finite
-    number anywhere (``.inf``, ``.nan``, ``1e999``) raises ``_NonFinite`` with its dotted key."""
-    if isinstance(obj, str) and _EXP_FLOAT.match(obj.strip()):
-        obj = float(obj)
-    if isinstance(obj, float) and not math.isfinite(obj):
-        raise _NonFinite(key, obj)
-    if isinstance(obj, dict):
-        return {k: _yaml12_numbers(v, f"{key}.{k}" if key else str(k)) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_yaml12_numbers(v, f"{key}[{i}]") for i, v in enumerate(obj)]
-    return obj
-
-
-def _display(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
-
-
-MAX_CONFIG_BYTES = 1024**2
-"""Largest sweep config read (the shipped ones are 2-6 KB)."""
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    shown = _display(path)
-    try:
-        with path.open("rb") as f:  # bounded: --config /dev/zero must not read forever
-            data = f.read(MAX_CONFIG_BYTES + 1)
-        if len(data) > MAX_CONFIG_BYTES:
-            raise UserError(
-                f"{shown}: larger than {MAX_CONFIG_BYTES // 1024**2} MB; a sweep config is a few KB "
-                "(pass the sweep's YAML file)"
-            )
-        text = data.decode("utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{shown}: no such sweep config; pass an existing YAML file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{shown}: cannot read the sweep config ({exc})") from None
-    try:
-        raw = _safe_load(text)
-    except UserError as exc:
-        raise UserError(f"{shown}: {exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{shown}: YAML syntax error{where}: {problem}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise UserError(
-            f"{shown}: expected a mapping of settings (task: ..., search: ...), got {type(raw).__name__}"
-        )
-    try:
-        return _yaml12_numbers(raw)
-    except _NonFinite as exc:
-        raise UserError(f"{shown}: {exc.key} must be a finite number (got {exc.value})") from None
+# ------------------------------------------------------------------------------ dotted keys
 
 
 def _resolve(parts: Sequence[str], task: Any) -> Any:
@@ -710,147 +482,14 @@ def _resolve(parts: Sequence[str], task: Any) -> Any:
     return node
 
 
-def _apply(raw: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    _resolve(parts, raw.get("task"))
-    node = raw
-    for name in parts[:-1]:
-        nxt = node.get(name)
-        if not isinstance(nxt, dict):
-            nxt = {}
-            node[name] = nxt
-        node = nxt
-    node[parts[-1]] = value
-
-
-def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested ``smoke:`` groups to dotted keys; a value that is not a mapping ends a key, and the
-    task's ``data.*`` settings and the search space's entries are kept whole."""
-    out: dict[str, Any] = {}
-    for k, v in mapping.items():
-        key = f"{prefix}{k}"
-        parts = key.split(".")
-        whole = (len(parts) >= 2 and parts[0] == "data") or (
-            len(parts) >= 3 and parts[:2] == ["search", "space"]
-        )
-        if isinstance(v, dict) and v and not whole:
-            out.update(_flatten(v, f"{key}."))
-        else:
-            out[key] = v
-    return out
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` (VALUE read as YAML: ``4``, ``1e-4``, ``[tiny-s]``, ``null``) -> (key, value)."""
-    key, sep, value = text.partition("=")
-    key = key.strip()
-    shown = f"--set {text if len(text) <= 80 else text[:77] + '...'}"
-    if not sep or not key or any(not p for p in key.split(".")):
-        raise UserError(f"{shown}: expected KEY=VALUE with a dotted key, e.g. --set search.num_samples=4")
+def _fields_at(parts: tuple[str, ...]) -> list[str]:
+    """Known setting names directly under the dotted key ``parts`` (for suggestions)."""
     try:
-        parsed = _safe_load(value) if value.strip() else None
-    except UserError as exc:
-        raise UserError(f"{shown}: {exc}") from None
-    except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{shown}: the value is not valid YAML ({problem})") from None
-    try:
-        return key, _yaml12_numbers(parsed, key)
-    except _NonFinite as exc:
-        raise UserError(f"{shown}: {exc.key} must be a finite number (got {exc.value})") from None
-
-
-def _validate(raw: dict[str, Any], shown: str, sources: dict[str, tuple[str, str]]) -> SweepConfig:
-    """Validate; ``sources`` maps each overridden dotted key to (label when the error is at that
-    key, label when it is at a sibling key)."""
-
-    def label_for(full: str) -> str:
-        """Name where the offending value came from: the override that set it (or a setting under
-        it), else the file, with the override that set a sibling setting when there is one."""
-
-        def under(key: str, prefix: str) -> bool:
-            return key == prefix or key.startswith((prefix + ".", prefix + "["))
-
-        direct = [k for k in sources if under(full, k) or under(k, full)]
-        if direct:
-            return sources[max(direct, key=len)][0]
-        siblings = [k for k in sources if "." in k and under(full, k.rpartition(".")[0])]
-        if siblings:
-            return sources[max(siblings, key=len)][1]
-        return shown
-
-    try:
-        return SweepConfig.model_validate(raw)
-    except ValidationError as exc:
-        _raise(exc, label_for)
-    raise AssertionError("unreachable")
-
-
-def load_config(path: Path | str, overrides: Sequence[str] = (), smoke: bool = False) -> SweepConfig:
-    """Read, override and validate a sweep config; every problem is a one-line ``UserError``.
-
-    Order: the file, its ``smoke:`` section (only when ``smoke``), the ``overrides``
-    (``KEY=VALUE`` strings, as ``--set`` gives them), then validation.
-    """
-    path = Path(path)
-    shown = _display(path)
-    raw = _read_yaml(path)
-    smoke_raw = raw.get("smoke") or {}
-    if not isinstance(smoke_raw, dict):
-        raise UserError(
-            f"{shown}: smoke must be a mapping of dotted keys to values (got {_short(smoke_raw)})"
-        )
-    smoke_items = _flatten(smoke_raw)
-
-    def with_smoke(base: dict[str, Any]) -> tuple[dict[str, Any], dict[str, tuple[str, str]]]:
-        out: dict[str, Any] = copy.deepcopy(base)
-        sources: dict[str, tuple[str, str]] = {}
-        for key, value in smoke_items.items():
-            label = f"{shown} (smoke {key})"
-            try:
-                _apply(out, key, value)
-            except UserError as exc:
-                raise UserError(f"{label}: {exc}") from None
-            sources[key] = (label, f"{shown} (with smoke {key})")
-        return out, sources
-
-    parsed = [(parse_override(text), f"--set {text.strip()}") for text in overrides]
-
-    def build(use_smoke: bool) -> tuple[dict[str, Any], dict[str, tuple[str, str]]]:
-        out, sources = with_smoke(raw) if use_smoke else (copy.deepcopy(raw), {})
-        for (key, value), label in parsed:
-            try:
-                _apply(out, key, value)
-            except UserError as exc:
-                raise UserError(f"--set {key}: {exc}") from None
-            sources[key] = (label, f"{shown} with {label}")
-        return out, sources
-
-    merged, sources = build(smoke)
-    cfg = _validate(merged, shown, sources)
-    if not smoke and smoke_items:
-        # check the smoke: section now too, so a mistake there shows before anyone runs --smoke
-        merged, sources = build(True)
-        _validate(merged, shown, sources)
-    return cfg
-
-
-def default_config_path(task: str) -> Path:
-    """The shipped sweep config of a task: ``<repo>/sweeps/<task>.yaml``."""
-    if task not in TASKS:
-        raise UserError(
-            f"unknown task {task!r}{_suggest(task, TASKS)}; choose from {', '.join(sorted(TASKS))}"
-        )
-    path = SWEEPS_DIR / f"{task}.yaml"
-    if not path.is_file():
-        raise UserError(
-            f"no shipped sweep config for task {task} ({path} is missing); "
-            "write one (sweeps/carpet.yaml is a commented example) and pass its path"
-        )
-    return path
-
-
-def config_to_dict(cfg: SweepConfig) -> dict[str, Any]:
-    """The config as plain JSON-able data (for MLflow params and the report); validates back
-    to an equal config with ``SweepConfig.model_validate``."""
-    return json.loads(cfg.model_dump_json())
+        node = _resolve(parts, task=None)
+    except UserError:
+        return []
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return list(node.model_fields)
+    if node == "space":
+        return list(SPACE_KEYS)
+    return []
