@@ -149,6 +149,23 @@ def run_sweep_cli(argv: list[str], cwd, monkeypatch=None, env: dict | None = Non
                 os.environ[k] = v
 
 
+def running_trials(db) -> int:
+    """Trial runs RUNNING in a driver's SQLite store, read-only (an MlflowClient here would race the
+    driver creating its tables)."""
+    import sqlite3
+
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            return con.execute(
+                "select count(*) from runs r join tags t on t.run_uuid = r.run_uuid "
+                "where t.key = 'specialsam.role' and t.value = 'trial' and r.status = 'RUNNING'"
+            ).fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
 @pytest.fixture(scope="session")
 def smoke_sweep(ray_cluster, tmp_path_factory):
     """The shared smoke sweep (carpet stand-in, tiny-s), with trial faults injected:

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from specialsam.finetune.cache import EmbeddingCache, ModelIdentity, preprocessing_id
 from specialsam.models.tiny import build_tiny_sam
 from specialsam.sweep.tracking import ROLE, TRIAL_ID
-from tests.conftest import REPO
+from tests.conftest import REPO, running_trials
 
 SMOKE = ["--task", "carpet", "--smoke", "--set", "search.num_samples=4"]
 
@@ -179,22 +179,6 @@ def _tune_finished(storage) -> set[str]:
     return keys
 
 
-def _running_trials(db) -> int:
-    """Read-only peek at the driver's store (an MlflowClient here would race it creating tables)."""
-    import sqlite3
-
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-            return con.execute(
-                "select count(*) from runs r join tags t on t.run_uuid = r.run_uuid "
-                "where t.key = 'specialsam.role' and t.value = 'trial' and r.status = 'RUNNING'"
-            ).fetchone()[0]
-    except sqlite3.Error:
-        return 0
-
-
 def test_worker_node_removed_mid_sweep(ray_cluster, tmp_path):
     """A node dies while its trials run: they are rescheduled elsewhere and the sweep completes."""
     extra = ray_cluster.add_node(num_cpus=1, object_store_memory=80 * 1024**2, node_ip_address="127.0.0.1")
@@ -224,7 +208,7 @@ def test_worker_node_removed_mid_sweep(ray_cluster, tmp_path):
     removed = False
     try:
         while time.time() < deadline and proc.poll() is None:
-            if _running_trials(db) >= 3:  # one per node: one of them is on the node we remove
+            if running_trials(db) >= 3:  # one per node: one of them is on the node we remove
                 ray_cluster.remove_node(extra)
                 removed = True
                 break

@@ -9,7 +9,6 @@ import json
 import os
 import shlex
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from specialsam.cli import EXIT_INTERRUPTED, resume_command
 from specialsam.sweep.tracking import ROLE, TRIAL_ID
-from tests.conftest import REPO
+from tests.conftest import REPO, running_trials
 
 SMALL = ["--task", "carpet", "--smoke", "--set", "search.num_samples=2"]
 SMALL += ["--set", "curve.n_train=[32]", "--set", "curve.seeds=[0]"]
@@ -35,20 +34,6 @@ def _driver(args: list[str], cwd, env_extra: dict) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-
-
-def _running_trials(db) -> int:
-    """Read-only peek at the driver's store (a client here would race it creating tables)."""
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-            return con.execute(
-                "select count(*) from runs r join tags t on t.run_uuid = r.run_uuid "
-                "where t.key = 'specialsam.role' and t.value = 'trial' and r.status = 'RUNNING'"
-            ).fetchone()[0]
-    except sqlite3.Error:
-        return 0
 
 
 def _runs(db) -> list:
@@ -80,10 +65,10 @@ def test_ctrl_c_stops_the_sweep_and_its_resume_command_finishes_it(ray_cluster, 
     proc = _driver(args, tmp_path, env)
     try:
         deadline = time.time() + 180
-        while time.time() < deadline and proc.poll() is None and _running_trials(db) < 1:
+        while time.time() < deadline and proc.poll() is None and running_trials(db) < 1:
             time.sleep(0.3)
         assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-        assert _running_trials(db) >= 1, "no phase-A trial ever ran"
+        assert running_trials(db) >= 1, "no phase-A trial ever ran"
         os.kill(proc.pid, signal.SIGINT)  # the driver alone, as `kill -INT` or a terminal's Ctrl-C
         out = proc.communicate(timeout=60)[0].decode()
     finally:
