@@ -255,7 +255,7 @@ def sweep_ab(cfg: SweepConfig, root: Path, pairs: int) -> dict[str, list[float]]
     import ray
     from ray import cloudpickle
 
-    from specialsam.sweep import phases as sweep
+    from specialsam.sweep import ray_runtime
     from specialsam.sweep.driver import RunOptions, run_sweep
 
     if __name__ != "__main__":  # imported (not run as a script): send the hook by value, not by name
@@ -265,7 +265,7 @@ def sweep_ab(cfg: SweepConfig, root: Path, pairs: int) -> dict[str, list[float]]
         for i in range(pairs):
             for side in ("off", "on"):
                 set_checks(side == "on")
-                sweep.quiet_tune()
+                ray_runtime.quiet_tune()
                 ray.init(
                     address="local",
                     num_cpus=os.cpu_count(),

@@ -67,8 +67,8 @@ def mlflow_epochs(h, run) -> dict[str, int]:
 
 
 def arm_result(h, run, primary: str) -> dict[str, Any]:
-    done = [r for r in run.records if r.record is not None and not np.isnan(r.record["best_val_miou"])]
-    best = max(done, key=lambda r: r.record["best_val_miou"]) if done else None
+    done = [r for r in run.records if r.record is not None and not np.isnan(r.record.best_val_miou)]
+    best = max(done, key=lambda r: r.record.best_val_miou) if done else None
     epochs = {t.trial_id: t.epochs for t in run.trials}
     from_mlflow = mlflow_epochs(h, run)
     mismatch = {k: (v, from_mlflow.get(k)) for k, v in epochs.items() if from_mlflow.get(k) != v}
@@ -80,11 +80,9 @@ def arm_result(h, run, primary: str) -> dict[str, Any]:
         "epochs": int(sum(epochs.values())),
         "epochs_per_trial": epochs,
         "epochs_mlflow_mismatch": mismatch,
-        "best_val_miou": best.record["best_val_miou"] if best else float("nan"),
+        "best_val_miou": best.record.best_val_miou if best else float("nan"),
         "best_params": {k: v for k, v in best.params.items()} if best else None,
-        "best_test_miou": float(np.mean(best.record["test"][primary]["per_image_iou"]))
-        if best
-        else float("nan"),
+        "best_test_miou": float(np.mean(best.record.test[primary].per_image_iou)) if best else float("nan"),
         "wall_s": run.wall_s,
     }
 
@@ -227,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                 "trials": n_trials,
                 "repeats": repeats,
                 "n_train": cfg.search.n_train,
-                "train": h.ctx("tune")["train"],
+                "train": h.ctx("tune").train.model_dump(),
                 "scheduler": sched.model_dump(),
                 "space": {k: v.model_dump() for k, v in cfg.search.space.items()},
             },

@@ -22,7 +22,7 @@ start, scheduling, result and checkpoint handling, MLflow logging in the driver)
 *machinery share* (wall per trial - ``trial_seconds``) / wall per trial needs no reference: both
 come from the same run.
 
-Then one trial is profiled in-process with cProfile: ``specialsam.sweep.phases.trainable`` itself, with
+Then one trial is profiled in-process with cProfile: ``specialsam.sweep.trainable.trainable`` itself, with
 ``tune.report`` replaced by what the driver does with each report (MLflow metric logging per epoch,
 ``log_trial_record`` for the final one). The top 15 functions by cumulative time go to a text file
 (``--profile-out``) and the table sums the parts: data loading from the cache, decoder forward and
@@ -127,7 +127,7 @@ class TuneTrial:
 @dataclass
 class PhaseRun:
     name: str
-    records: list[Any]  # specialsam.sweep.phases.TrialRecord
+    records: list[Any]  # specialsam.sweep.phases.PhaseTrial
     trials: list[TuneTrial]
     wall_s: float
 
@@ -163,35 +163,20 @@ class Harness:
     def storage(self) -> Path:
         return self.root / "tune"
 
-    def ctx(self, phase: str = "tune", best: dict | None = None, **train: Any) -> dict[str, Any]:
-        """The trial context the sweep driver builds (runner.run_sweep), with training overrides."""
-        cfg = self.cfg
-        settings = {
-            k: getattr(cfg.train, k)
-            for k in ("epochs", "max_steps", "batch_size", "patience", "warmup_fraction", "weight_decay")
-        }
-        settings.update(train)
-        ctx = {
-            "packs": {n: str(p.folder) for n, p in self.packs.items()},
-            "cache_dir": str(self.packs[cfg.models[0]].cache.root),
-            "threads": self.threads,
-            "primary": cfg.eval.primary,
-            "strategies": list(cfg.eval.strategies),
-            "mask_selection": cfg.eval.mask_selection,
-            "extra_metrics": cfg.eval.extra_metrics,
-            "fault": None,
-            "phase": phase,
-            "train": settings,
-        }
-        if best is not None:
-            ctx["best"] = best
-        return ctx
+    def ctx(self, phase: str = "tune", best: dict | None = None, **train: Any):
+        """The trial context the sweep driver builds (``driver.sweep_context``), with training
+        overrides (``train`` keys: ``TrainSettings`` fields)."""
+        from specialsam.sweep.driver import sweep_context
+
+        cfg = self.cfg.model_copy(update={"train": self.cfg.train.model_copy(update=train)})
+        cache = self.packs[self.cfg.models[0]].cache
+        return sweep_context(cfg, self.packs, cache, phase, **({"best": best} if best is not None else {}))
 
     def run_phase(
         self,
         name: str,
         space: dict[str, Any],
-        ctx: dict[str, Any],
+        ctx: Any,
         num_samples: int = 1,
         searcher: str | None = None,
         searcher_seed: int = 0,
@@ -350,17 +335,29 @@ PROFILE_PARTS: list[tuple[str, list[tuple[str, str]]]] = [
         "imports on first use (as in a fresh trial process)",
         [("<frozen importlib._bootstrap>", "_find_and_load")],
     ),
-    ("decoder training (train_decoder)", [("specialsam/train.py", "train_decoder")]),
-    ("  data loading from the cache (Split.embeddings, all splits)", [("specialsam/pack.py", "embeddings")]),
-    ("  decoder forward (batch_logits; training + validation)", [("specialsam/train.py", "batch_logits")]),
+    ("decoder training (train_decoder)", [("specialsam/finetune/train.py", "train_decoder")]),
+    (
+        "  data loading from the cache (Split.embeddings, all splits)",
+        [("specialsam/finetune/pack.py", "embeddings")],
+    ),
+    (
+        "  decoder forward (batch_logits; training + validation)",
+        [("specialsam/finetune/train.py", "batch_logits")],
+    ),
     ("  decoder backward (autograd)", [("~", "run_backward")]),
     ("  optimizer step (AdamW)", [("torch/optim/adam.py", "step")]),
-    ("  per-epoch validation (validation_miou)", [("specialsam/train.py", "validation_miou")]),
-    ("test + retention evaluation (score_split)", [("specialsam/evaluate.py", "score_split")]),
-    ("overlay predictions (predict_masks, outside score_split)", [("specialsam/sweep.py", "predict_thumbs")]),
+    ("  per-epoch validation (validation_miou)", [("specialsam/finetune/train.py", "validation_miou")]),
+    ("test + retention evaluation (score_split)", [("specialsam/finetune/evaluate.py", "score_split")]),
+    (
+        "overlay predictions (predict_masks, outside score_split)",
+        [("specialsam/sweep/trainable.py", "predict")],
+    ),
     (
         "plotting (curves + overlay grid)",
-        [("specialsam/artifacts.py", "plot_training_curves"), ("specialsam/artifacts.py", "overlay_grid")],
+        [
+            ("specialsam/report/figures.py", "plot_training_curves"),
+            ("specialsam/report/figures.py", "overlay_grid"),
+        ],
     ),
     ("checkpoint write (torch.save)", [("torch/serialization.py", "save")]),
     (
@@ -368,7 +365,7 @@ PROFILE_PARTS: list[tuple[str, list[tuple[str, str]]]] = [
         [
             ("benchmarks/overhead.py", "_mlflow_create"),
             ("benchmarks/overhead.py", "_mlflow_epoch"),
-            ("specialsam/sweep.py", "log_trial_record"),
+            ("specialsam/sweep/phases.py", "log_trial_record"),
             ("benchmarks/overhead.py", "_mlflow_finish"),
         ],
     ),
@@ -403,30 +400,27 @@ def profile_parts(stats: pstats.Stats) -> list[dict[str, Any]]:
 
 
 def profile_one_trial(h: Harness, space: dict[str, Any], seed: int, out: Path) -> tuple[list[dict], float]:
-    """cProfile of ``specialsam.sweep.phases.trainable`` in this process, reports handled as the driver
+    """cProfile of ``specialsam.sweep.trainable.trainable`` in this process, reports handled as the driver
     does."""
     from unittest import mock
 
+    from specialsam.sweep import mlflow_runs as names
     from specialsam.sweep import phases as sweep
-    from specialsam.sweep.tracking import ROLE, TRIAL_ID
+    from specialsam.sweep import trainable as trial
 
-    config = {**space, "seed": seed, "_ctx": h.ctx("tune")}
+    config, ctx = {**space, "seed": seed}, h.ctx("tune")
     tracker, log = h.log.tracker, h.log
     keep = Path(tempfile.mkdtemp(prefix="specialsam-profile-"))
     state: dict[str, Any] = {}
 
     def _mlflow_create() -> str:
-        tags = {**log.common_tags, ROLE: "trial", TRIAL_ID: "profile/0", "specialsam.model": config["model"]}
+        tags = names.trial_tags(log.common_tags, "profile/0", "tune", config["model"])
         run = tracker.create_run("profile-trial", tags, parent=log.parent_run)
         tracker.log_params(run, {k: config[k] for k in sweep.TRIAL_PARAMS if k in config})
         return run
 
     def _mlflow_epoch(run: str, metrics: dict) -> None:
-        tracker.log_metrics(
-            run,
-            {"train_loss": metrics["train_loss"], "val_miou": metrics["val_miou"]},
-            step=int(metrics["epoch"]),
-        )
+        tracker.log_metrics(run, names.epoch_metrics(metrics), step=int(metrics["epoch"]))
 
     def _mlflow_finish(run: str) -> None:
         tracker.finish(run, "FINISHED")
@@ -442,12 +436,12 @@ def profile_one_trial(h: Harness, space: dict[str, Any], seed: int, out: Path) -
 
     def _profiled_trial() -> None:
         state["run"] = _mlflow_create()
-        sweep.trainable(config)
+        trial.trainable(config, ctx)
         _mlflow_finish(state["run"])
 
     prof = cProfile.Profile()
     t0 = time.perf_counter()
-    with mock.patch.object(sweep.tune, "report", report):
+    with mock.patch.object(trial.tune, "report", report):
         prof.runcall(_profiled_trial)
     wall = time.perf_counter() - t0
     shutil.rmtree(keep, ignore_errors=True)
@@ -456,7 +450,7 @@ def profile_one_trial(h: Harness, space: dict[str, Any], seed: int, out: Path) -
     stats = pstats.Stats(prof, stream=buf)
     stats.sort_stats("cumulative").print_stats(15)
     out.write_text(
-        f"cProfile of one trial (specialsam.sweep.phases.trainable + driver-side MLflow logging), "
+        f"cProfile of one trial (specialsam.sweep.trainable + driver-side MLflow logging), "
         f"{wall:.2f} s wall under the profiler; top 15 by cumulative time\n\n{buf.getvalue()}"
     )
     return profile_parts(stats), wall
@@ -490,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
 
     h = open_harness(cfg, root, args.threads)
     try:
-        train = h.ctx("tune")["train"]
+        train = h.ctx("tune").train.model_dump()
         pack = h.packs[model]
         base = cfg.base_params()
         fixed = {k: base[k] for k in ("lr", "bce_weight", "dice_weight", "focal_weight", "point_fraction")}

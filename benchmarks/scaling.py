@@ -238,15 +238,15 @@ def main(argv: list[str] | None = None) -> int:
             if r.record is None:
                 continue
             n = int(r.params["n_train"])
-            hist = r.record["history"]
+            hist = r.record.history
             t = by_n.get(n)
             part2.append(
                 {
                     "n_train": n,
-                    "samples": int(r.record["samples_seen"]),
-                    "steps": int(r.record["steps"]),
+                    "samples": int(r.record.samples_seen),
+                    "steps": int(r.record.steps),
                     "train_s": float(hist[-1]["seconds"]) if hist else float("nan"),
-                    "trial_seconds": float(r.record["trial_seconds"]),
+                    "trial_seconds": float(r.record.trial_seconds),
                     "time_total_s": t.time_total_s if t else float("nan"),
                 }
             )
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                     "epochs_part2": epochs,
                     "rss_n_train": list(rss_sizes),
                     "rss_steps": rss_steps,
-                    "train": h.ctx("tune")["train"],
+                    "train": h.ctx("tune").train.model_dump(),
                     "n_train_part1": cfg.search.n_train,
                     "cpus_per_trial": cfg.resources.cpus_per_trial,
                 },

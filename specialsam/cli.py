@@ -15,7 +15,9 @@ SCRIPT = "sweeps/run.py"
 
 def run_cli(args: argparse.Namespace, tasks: list[str], overrides: list[str]) -> int:
     from specialsam.config import default_config_path, load_config
-    from specialsam.sweep.driver import RunOptions, analyze_only, mlflow_ui_hint, run_sweep
+    from specialsam.sweep.driver import run_sweep
+    from specialsam.sweep.finish import analyze_only
+    from specialsam.sweep.outputs import RunOptions, mlflow_ui_hint
     from specialsam.sweep.plan import Plan
 
     if args.config and len(tasks) > 1:

@@ -23,25 +23,18 @@ from typing import Any
 import torch
 
 from specialsam.analysis.baseline_rule import predicted_outcome
-from specialsam.config import RuleSettings, SweepConfig, load_config, parse_override
+from specialsam.config import EvalSettings, RuleSettings, SweepConfig, load_config, parse_override
 from specialsam.device import DeviceChoice, select_device
 from specialsam.errors import UserError, check_writable_dir, cli_errors
 from specialsam.finetune.cache import EmbeddingCache, default_cache_dir
-from specialsam.finetune.evaluate import Scores, bootstrap_ci, score_split
-from specialsam.finetune.pack import EXTRA_PREFIX, Pack, PackSettings, build_pack, model_identity
-from specialsam.finetune.train import TrainConfig, TrainResult, train_decoder
+from specialsam.finetune.evaluate import Scores, bootstrap_ci
+from specialsam.finetune.pack import Pack, PackSettings, build_pack, model_identity
+from specialsam.finetune.pipeline import DecoderScores, Scoring, TrialRun, run_trial, score_decoder
+from specialsam.finetune.train import TrainConfig
 from specialsam.models.registry import MODEL_NAMES, load_model
 from specialsam.prompts import STRATEGIES
 from specialsam.tasks import TASKS, load_task, n_train_remedy
 from specialsam.tasks.procedural.scenes import retention_samples
-
-
-@dataclass
-class TrialOutcome:
-    baseline: dict[str, Scores]
-    specialised: dict[str, Scores]
-    train: TrainResult
-    retention: tuple[float, float] | None  # (base, specialised) mIoU on the general-purpose set
 
 
 def prepare_pack(
@@ -95,63 +88,38 @@ def prepare_pack(
     return task, sam, info, Pack(folder, cache)
 
 
-def run_trial(
-    sam,
-    pack: Pack,
-    cfg: TrainConfig,
-    strategies,
-    dev: DeviceChoice | None = None,
-    mask_selection: str = "single",
-    extra_metrics: bool = False,
-) -> TrialOutcome:
-    dev = dev or select_device()
-    test = pack.split("test")
-    baseline = score_split(sam, test, strategies, mask_selection, extra_metrics, dev)
-    base_ret = None
-    if pack.has("retention"):
-        base_ret = score_split(sam, pack.split("retention"), [pack.manifest["primary"]], dev=dev)
-    result = train_decoder(sam, pack, cfg, dev)
-    specialised = score_split(sam, test, strategies, mask_selection, extra_metrics, dev)
-    retention = None
-    if base_ret is not None:
-        spec_ret = score_split(sam, pack.split("retention"), [pack.manifest["primary"]], dev=dev)
-        p = pack.manifest["primary"]
-        retention = (base_ret[p].miou, spec_ret[p].miou)
-    return TrialOutcome(baseline, specialised, result, retention)
-
-
-def format_table(outcome: TrialOutcome) -> str:
+def format_table(run: TrialRun) -> str:
+    """Baseline vs specialised per strategy, with the gain's bootstrap CI over test images; then
+    each extra test set (primary prompt)."""
     rows = [
         f"{'prompt':<10} {'baseline':>9} {'specialised':>12} {'gain':>8}   95% CI (bootstrap over images)"
     ]
-    for strat, b in outcome.baseline.items():
-        s = outcome.specialised[strat]
+    spec = run.specialised.scores
+    for strat, b in run.baseline.test.items():
+        s = spec.test[strat]
         mean, lo, hi = bootstrap_ci(s.per_image_iou - b.per_image_iou)
         rows.append(f"{strat:<10} {b.miou:>9.4f} {s.miou:>12.4f} {mean:>+8.4f}   [{lo:+.4f}, {hi:+.4f}]")
+    for name, b in run.baseline.extra.items():
+        s = spec.extra[name]
+        mean, lo, hi = bootstrap_ci(s.per_image_iou - b.per_image_iou)
+        rows.append(
+            f"{'extra ' + name:<10} {b.miou:>9.4f} {s.miou:>12.4f} {mean:>+8.4f}   [{lo:+.4f}, {hi:+.4f}]"
+        )
     return "\n".join(rows)
 
 
-def baseline_scores(
-    sam, pack: Pack, strategies, dev: DeviceChoice, mask_selection: str = "single"
-) -> dict[str, dict[str, Scores]]:
+def baseline_scores(sam, pack: Pack, scoring: Scoring, dev: DeviceChoice) -> dict[str, dict[str, Scores]]:
     """Zero-shot scores of the pretrained decoder per test set: the figure the baseline rule reads,
     without training anything. Test gets every strategy; the extra test sets (the other wood mode,
     camouflage transfer sets) carry the primary strategy's prompts only, as in a sweep."""
-    out = {"test": score_split(sam, pack.split("test"), strategies, mask_selection, dev=dev)}
-    for name in pack.extra_tests:
-        split = pack.split(EXTRA_PREFIX + name)
-        out[EXTRA_PREFIX + name] = score_split(
-            sam, split, [pack.manifest["primary"]], mask_selection, dev=dev
-        )
-    return out
+    scores: DecoderScores = score_decoder(sam, pack, scoring, dev)
+    primary = scoring.primary
+    return {"test": scores.test, **{name: {primary: s} for name, s in scores.extra.items()}}
 
 
 def format_baseline(scores: dict[str, dict[str, Scores]], threshold: float) -> str:
     """The baseline table (a column per test set, images scored in brackets) and the rule's reading."""
-    heads = [
-        f"{n.removeprefix(EXTRA_PREFIX)} ({len(next(iter(s.values())).per_image_iou)})"
-        for n, s in scores.items()
-    ]
+    heads = [f"{n} ({len(next(iter(s.values())).per_image_iou)})" for n, s in scores.items()]
     width = max(12, *(len(h) + 2 for h in heads))
     rows = [f"{'prompt':<10}" + "".join(f"{h:>{width}}" for h in heads)]
     strategies = list(scores["test"])
@@ -168,24 +136,26 @@ def format_baseline(scores: dict[str, dict[str, Scores]], threshold: float) -> s
     return "\n".join(rows)
 
 
+_TRAIN, _PACK, _EVAL = TrainConfig(), PackSettings(), EvalSettings()
+QUICK_EPOCHS = 5
+"""The one default of this CLI that differs on purpose from TrainConfig's (10): a quick look."""
+
 # The CLI's own defaults for the flags a sweep config can also set (argparse leaves them None,
-# so a flag given on the command line can be told apart from one --config should fill).
+# so a flag given on the command line can be told apart from one --config should fill). Every
+# training, pack and scoring default is the library's own (TrainConfig, PackSettings, eval:).
 DEFAULTS: dict[str, Any] = {
     "task": "carpet",
-    "n_train": 500,
-    "epochs": 5,
-    "max_steps": 0,
-    "batch_size": 16,
-    "lr": TrainConfig.lr,
-    "bce_weight": 0.5,
-    "dice_weight": 0.5,
-    "focal_weight": 0.0,
-    "point_fraction": 0.5,
-    "flip": False,
-    "strategies": "center,box,random3",
-    "mask_selection": "single",
-    "loss_res": 256,
-    "seed": 0,
+    **{
+        k: getattr(_TRAIN, k)
+        for k in ("n_train", "max_steps", "batch_size", "lr", "bce_weight", "dice_weight", "focal_weight")
+    },
+    "point_fraction": _TRAIN.point_fraction,
+    "epochs": QUICK_EPOCHS,
+    "flip": _PACK.flip,
+    "strategies": ",".join(_EVAL.strategies),
+    "mask_selection": _EVAL.mask_selection,
+    "loss_res": _PACK.loss_res,
+    "seed": _TRAIN.seed,
 }
 
 
@@ -386,6 +356,7 @@ def main(argv: list[str] | None = None) -> None:
         setup.cache_dir or default_cache_dir(), "--cache-dir" if args.cache_dir else "the embedding cache"
     )
     cfg, strategies = setup.train, list(setup.pack.strategies)
+    scoring = Scoring(tuple(strategies), strategies[0], setup.mask_selection)
     dev = select_device(args.device)
     task, sam, info, pack = prepare_pack(
         setup.task,
@@ -411,11 +382,11 @@ def main(argv: list[str] | None = None) -> None:
             f"\n{setup.task} [{task.data}] zero-shot (baseline) mIoU, {setup.mask_selection}-mask output, "
             "scored at original resolution; test images in brackets"
         )
-        scores = baseline_scores(sam, pack, strategies, dev, setup.mask_selection)
+        scores = baseline_scores(sam, pack, scoring, dev)
         print(format_baseline(scores, setup.threshold))
         return
-    outcome = run_trial(sam, pack, cfg, strategies, dev, setup.mask_selection)
-    r = outcome.train
+    run = run_trial(sam, pack, cfg, scoring, dev)
+    r = run.specialised.train
     print(
         f"trained {r.steps} steps ({r.samples_seen} samples) in {r.seconds:.1f}s; best epoch {r.best_epoch} "
         f"val mIoU {r.best_val_miou:.4f}; health {r.health_tag}"
@@ -424,12 +395,12 @@ def main(argv: list[str] | None = None) -> None:
         f"\n{setup.task} [{task.data}] test mIoU, {setup.mask_selection}-mask output, "
         "scored at original resolution"
     )
-    print(format_table(outcome))
-    if outcome.retention:
-        b, s = outcome.retention
+    print(format_table(run))
+    base, spec = run.baseline.retention_miou, run.specialised.scores.retention_miou
+    if base is not None and spec is not None:
         print(
             f"\nretention (general-purpose scenes, {strategies[0]}): "
-            f"base {b:.4f} -> specialised {s:.4f} ({s - b:+.4f})"
+            f"base {base:.4f} -> specialised {spec:.4f} ({spec - base:+.4f})"
         )
 
 

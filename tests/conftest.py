@@ -58,7 +58,7 @@ def ray_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    from specialsam.sweep.phases import loopback_only
+    from specialsam.sweep.ray_runtime import loopback_only
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     node = {"num_cpus": 1, "object_store_memory": 80 * 1024**2, "node_ip_address": "127.0.0.1"}

@@ -15,7 +15,7 @@ import time
 import psutil
 import ray
 
-from specialsam.sweep.phases import RAY_LOCAL_ONLY_ENV
+from specialsam.sweep.ray_runtime import RAY_LOCAL_ONLY_ENV
 
 REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
 
@@ -80,7 +80,7 @@ def test_local_sweep_ray_listens_on_loopback_only():
     """init_ray's own Ray, in a process that did not inherit the test suite's local-only switch."""
     script = (
         "import json, os, sys, ray\n"
-        "from specialsam.sweep.phases import init_ray\n"
+        "from specialsam.sweep.ray_runtime import init_ray\n"
         "init_ray(None, num_cpus=1)\n"
         "def pid():\n    return os.getpid()\n"
         "ray.get(ray.remote(pid).remote())\n"  # starts a worker

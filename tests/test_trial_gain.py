@@ -3,10 +3,12 @@ where such a test could not fail for the right reasons)."""
 
 from __future__ import annotations
 
+from specialsam.device import select_device
 from specialsam.finetune.evaluate import bootstrap_ci
 from specialsam.finetune.pack import PackSettings
+from specialsam.finetune.pipeline import Scoring, run_trial
 from specialsam.finetune.train import TrainConfig
-from specialsam.trial import format_table, prepare_pack, run_trial
+from specialsam.trial import format_table, prepare_pack
 
 # Where the default carpet sweep (sweeps/carpet.yaml, 2026-11-22, the shipped 12k/16k-step pair) found
 # tiny-m's gain: phase A's settings (chosen on validation), n_train 500 (a learning-curve size; over
@@ -29,8 +31,8 @@ def test_finetuning_tiny_m_improves_procedural_carpet(tmp_path):
     )
     assert task.data == "procedural" and info.checkpoint == "shipped"
     cfg = TrainConfig(**PHASE_A, n_train=500, epochs=8, max_steps=200, batch_size=16, patience=0, seed=0)
-    out = run_trial(sam, pack, cfg, ["center", "box"])
+    out = run_trial(sam, pack, cfg, Scoring(("center", "box"), "center"), select_device())
     print(format_table(out))
-    gain = out.specialised["center"].per_image_iou - out.baseline["center"].per_image_iou
+    gain = out.specialised.scores.test["center"].per_image_iou - out.baseline.test["center"].per_image_iou
     mean, lo, hi = bootstrap_ci(gain, seed=0)
     assert lo > 0, (mean, lo, hi)

@@ -106,13 +106,3 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple
     rng = np.random.default_rng(seed)
     means = values[rng.integers(0, len(values), (n_boot, len(values)))].mean(1)
     return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def score_extra_tests(sam, pack, primary: str, dev: DeviceChoice | None = None) -> dict[str, float]:
-    """mIoU (primary prompt) on each of the pack's extra test sets: baselines and trials alike."""
-    from specialsam.finetune.pack import EXTRA_PREFIX
-
-    return {
-        name: score_split(sam, pack.split(EXTRA_PREFIX + name), [primary], dev=dev)[primary].miou
-        for name in pack.extra_tests
-    }

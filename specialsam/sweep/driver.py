@@ -1,183 +1,49 @@
-"""The sweep driver behind ``python sweeps/run.py``: task -> cache -> baselines -> phases -> report.
+"""The sweep behind ``python sweeps/run.py``, in stages: prepare, packs, baselines, phases, finish.
 
 Order matters for "nothing written on bad input": every check that can fail on the user's input
-(tracking server, task data, checkpoints, n_train vs available samples, cluster address, GPUs)
-runs before the first MLflow write. The driver keeps a small state file next to the Tune storage
-(``sweep.json``: parent run, config, phase results) so ``--resume`` continues the same sweep:
-finished trials are not rerun (Tune restores them) and their MLflow runs are reused.
+(tracking server, output folders, task data, checkpoints, n_train vs available samples, cluster
+address, GPUs) runs in ``prepare`` before the first MLflow write. ``--resume`` continues the same
+sweep from its state file (``sweep.outputs``): finished trials are not rerun (Tune restores them)
+and their MLflow runs are reused. Ray is imported only once a sweep really runs (not for
+``--plan`` or a bad input).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-import time
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from specialsam.analysis.results import BaselineResult, TrialResult
-from specialsam.analysis.summaries import format_summary
-from specialsam.atomic import atomic_write_bytes
+from specialsam.analysis.results import BaselineResult
 from specialsam.config import SweepConfig, config_to_dict
-from specialsam.errors import UserError, check_writable_dir, disk_full
-from specialsam.finetune.cache import EmbeddingCache, default_cache_dir
-from specialsam.finetune.evaluate import score_extra_tests, score_split
+from specialsam.errors import UserError
+from specialsam.finetune.cache import EmbeddingCache
 from specialsam.finetune.pack import Pack, PackSettings, build_pack, model_identity
+from specialsam.finetune.pipeline import Scoring, score_decoder
 from specialsam.models.registry import load_model
-from specialsam.report.markdown import write_report
-from specialsam.sweep.plan import (
-    EMBEDDING_BYTES,
-    ENCODE_IMAGES_PER_S,
-    TRAIN_SAMPLES_PER_S,
-    ModelPlan,
-    Plan,
-    family,
-    trial_samples,
+from specialsam.sweep import mlflow_runs as names
+from specialsam.sweep.finish import SweepOutcome, cleanup_trials, export_best, finish_report, trial_results
+from specialsam.sweep.outputs import (
+    RunOptions,
+    cache_root,
+    check_outputs,
+    save_state,
+    sweep_dir,
 )
-from specialsam.sweep.tracking import (
-    ROLE,
-    TRIAL_ID,
-    Tracker,
-    experiment_name,
-    resolve_tracking_uri,
-    sqlite_path,
-)
+from specialsam.sweep.plan import Plan, make_plan
+from specialsam.sweep.tracking import Tracker, experiment_name, resolve_tracking_uri
 from specialsam.tasks import load_task
 from specialsam.tasks.procedural.scenes import retention_samples
 
-
-@dataclass
-class RunOptions:
-    address: str | None = None
-    tracking_uri: str | None = None
-    experiment: str | None = None
-    storage: str | None = None
-    cache_dir: str | None = None
-    checkpoint_dir: str | None = None
-    allow_unverified: bool = False
-    resume: str | None = None  # "latest" or a sweep name
-    plan: bool = False
-    export_dir: str | None = None
-    cwd: Path = field(default_factory=Path.cwd)
-    fault: dict | None = None  # test hook, forwarded to trials
-    quiet: bool = False
-
-
-@dataclass
-class SweepOutcome:
-    parent_run_id: str
-    report: Any
-    sweep_dir: Path
-    verdicts: dict[str, str]
-    summary: str
-    export_paths: tuple[Path, Path] | None
-    trials: list[TrialResult]
-    baselines: list[BaselineResult]
-    tracking_uri: str
-    data_kind: str = "real"
+__all__ = ["RunOptions", "SweepOutcome", "SweepInterrupted", "run_sweep", "prepare", "pack_settings"]
 
 
 def _say(msg: str, opts: RunOptions) -> None:
     if not opts.quiet:
         print(msg, flush=True)
-
-
-def _storage(cfg: SweepConfig, opts: RunOptions) -> Path:
-    raw = opts.storage or cfg.storage.tune_dir or str(opts.cwd / "ray_results")
-    if "://" in raw and not raw.startswith("file://"):
-        raise UserError(
-            f"Tune storage {raw!r}: only shared filesystem paths are supported here; "
-            "mount it and pass the path"
-        )
-    return Path(raw.removeprefix("file://")).expanduser().resolve()
-
-
-def _sweep_dir(cfg: SweepConfig, opts: RunOptions) -> tuple[Path, dict | None]:
-    root = _storage(cfg, opts)
-    if opts.resume:
-        if opts.resume == "latest":
-            found = sorted(root.glob(f"{cfg.task}-*/sweep.json"), key=lambda p: p.stat().st_mtime)
-            if not found:
-                raise UserError(
-                    f"--resume: no {cfg.task} sweep found under {root}; run without --resume first"
-                )
-            folder = found[-1].parent
-        else:
-            folder = root / opts.resume
-            if not (folder / "sweep.json").exists():
-                raise UserError(f"--resume {opts.resume}: no sweep state at {folder}/sweep.json")
-        return folder, _read_state(folder / "sweep.json")
-    return root / f"{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}", None
-
-
-_STATE_KEYS = {"parent_run_id": str, "config": dict, "best": dict, "done": list}
-
-
-def _read_state(path: Path) -> dict:
-    """``sweep.json`` as ``_save_state`` wrote it; anything else (truncated, hand-edited, not
-    JSON) is one line naming the file, not a traceback."""
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-        bad = [k for k, t in _STATE_KEYS.items() if not isinstance(state.get(k), t)]
-        problem = f"missing or malformed {', '.join(bad)}" if bad else ""
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
-        problem = f"{type(exc).__name__}: {exc}"
-    if problem:
-        raise UserError(
-            f"--resume: the sweep state {path} is corrupt ({problem}); restore it from a backup, "
-            "or start a new sweep without --resume"
-        )
-    return state
-
-
-def _save_state(folder: Path, state: dict) -> None:
-    atomic_write_bytes(folder / "sweep.json", json.dumps(state, indent=2, default=str).encode())
-
-
-def _cache_root(cfg: SweepConfig, opts: RunOptions) -> tuple[Path, str]:
-    """The embedding cache folder, and where that choice came from (for error messages)."""
-    if opts.cache_dir:
-        return Path(opts.cache_dir).expanduser(), "--cache-dir"
-    if cfg.storage.cache_dir:
-        return Path(cfg.storage.cache_dir).expanduser(), "storage.cache_dir"
-    label = "$SPECIALSAM_CACHE" if os.environ.get("SPECIALSAM_CACHE") else "the embedding cache"
-    return default_cache_dir().expanduser(), label
-
-
-def _export_root(opts: RunOptions) -> Path:
-    return Path(opts.export_dir or (opts.cwd / "exports")).expanduser().resolve()
-
-
-def check_outputs(cfg: SweepConfig, opts: RunOptions, uri: str) -> None:
-    """Every location a sweep writes (Tune storage, embedding cache, export folder, the SQLite
-    database and its artifact folder) is a writable folder or can be made one, checked before the
-    first write: a path that is a file fails now, not after the sweep with its parent run left
-    RUNNING."""
-    storage = "--storage" if opts.storage else "storage.tune_dir" if cfg.storage.tune_dir else "Tune storage"
-    check_writable_dir(_storage(cfg, opts), storage)
-    check_writable_dir(*_cache_root(cfg, opts))
-    check_writable_dir(_export_root(opts), "--export-dir" if opts.export_dir else "the export folder")
-    check_tracking_db(uri)
-
-
-def check_tracking_db(uri: str) -> None:
-    """A ``sqlite:///`` store's database file is a writable file (or can be created) and the
-    folder it keeps artifacts in is writable; other stores are checked by their servers."""
-    db = sqlite_path(uri)
-    if db is None:
-        return
-    if db.exists() and not (db.is_file() and os.access(db, os.R_OK | os.W_OK)):
-        raise UserError(
-            f"--tracking-uri {uri}: {db} is not a writable SQLite file; pass another sqlite:/// path"
-        )
-    check_writable_dir(db.parent, "the MLflow database folder")
-    check_writable_dir(db.parent / "mlartifacts", "the MLflow artifact folder")
 
 
 def pack_settings(cfg: SweepConfig) -> PackSettings:
@@ -188,6 +54,12 @@ def pack_settings(cfg: SweepConfig) -> PackSettings:
         strategies=tuple(cfg.eval.strategies),
         primary=cfg.eval.primary,
     )
+
+
+def scoring(cfg: SweepConfig) -> Scoring:
+    """How a sweep scores baselines and trials (``eval:``)."""
+    e = cfg.eval
+    return Scoring(tuple(e.strategies), e.primary, e.mask_selection, e.extra_metrics)
 
 
 def retention_set(cfg: SweepConfig) -> list:
@@ -213,147 +85,46 @@ def prepare(cfg: SweepConfig, opts: RunOptions):
     return task, models
 
 
-def make_plan(cfg: SweepConfig, task, models, cache: EmbeddingCache, parallel: float, device: str) -> Plan:
-    train = cfg.train
-    plan = Plan(
-        phase_a_trials=cfg.search.num_samples * len(cfg.models),
-        phase_b_trials=len(cfg.curve.n_train) * len(cfg.curve.seeds) * len(cfg.models),
-        parallel=parallel,
-        device=device,
-    )
-    extras = [x for v in getattr(task, "extra_tests", {}).values() for x in v]
-    samples = list(task.train) + list(task.val) + list(task.test) + extras
-    n_ret = cfg.eval.retention_n
-    hashes = [s.image_hash() for s in samples]
-    for name, (sam, info) in models.items():
-        ident = model_identity(sam, name, info.sha256)
-        todo = sum(not cache.has(ident.key(h)) for h in hashes)
-        images = len(samples) + len(task.train) * int(train.flip) + n_ret
-        todo += len(task.train) * int(train.flip) + n_ret  # flips/retention: counted, not checked
-        fam = family(name)
-        per_trial_a = trial_samples(
-            cfg.search.n_train, train.epochs, train.max_steps, train.batch_size, train.flip
-        )
-        total = cfg.search.num_samples * per_trial_a + sum(
-            len(cfg.curve.seeds)
-            * trial_samples(n, train.epochs, train.max_steps, train.batch_size, train.flip)
-            for n in cfg.curve.n_train
-        )
-        res = train.loss_res or (256 if fam == "tiny" else 1024)
-        plan.models.append(
-            ModelPlan(
-                model=name,
-                images=images,
-                to_encode=todo,
-                cache_bytes=images * EMBEDDING_BYTES[fam] + len(samples) * res * res,
-                train_samples=total,
-                encode_seconds=todo / ENCODE_IMAGES_PER_S[name][device],
-                train_seconds=total / TRAIN_SAMPLES_PER_S[fam][device],
-            )
-        )
-    return plan
+# ----------------------------------------------------------------------------- the sweep's state
+@dataclass
+class _Live:
+    """What a Ctrl-C must close, filled in as the sweep creates it."""
+
+    tracker: Tracker | None = None
+    parent: str | None = None
+    folder: Path | None = None
 
 
-def _log_baselines(
-    tracker: Tracker,
-    parent: str,
-    tags: dict,
-    model: str,
-    pack: Pack,
-    cfg: SweepConfig,
-    existing: dict,
-    sam,
-    dev,
-) -> tuple[list[BaselineResult], float | None]:
-    """Baseline child runs (one per model x strategy), reused on resume.
+@dataclass
+class Sweep:
+    """One sweep as it runs: its config, inputs, folder, MLflow parent run and state file."""
 
-    Returns one ``BaselineResult`` per strategy and the base decoder's retention mIoU; extra test
-    sets and retention are scored with the primary prompt and logged on its baseline run."""
-    out: list[BaselineResult] = []
-    test = pack.split("test")
-    primary = cfg.eval.primary
-    scores = None
-    base_ret = None
-    if pack.has("retention"):
-        base_ret = score_split(sam, pack.split("retention"), [primary], dev=dev)[primary].miou
-    extra = score_extra_tests(sam, pack, primary, dev)
-    for strat in cfg.eval.strategies:
-        key = f"baseline/{model}/{strat}"
-        extra_here = extra if strat == primary else {}
-        if key in existing:
-            run = existing[key]
-            per = tracker.download_json(run.info.run_id, "per_image_iou.json")["iou"]
-            out.append(
-                BaselineResult(
-                    model, strat, np.asarray(per), metrics_with_prefix(run, "test_miou.cat."), extra_here
-                )
-            )
-            continue
-        if scores is None:
-            scores = score_split(
-                sam, test, cfg.eval.strategies, cfg.eval.mask_selection, cfg.eval.extra_metrics, dev
-            )
-        sc = scores[strat]
-        run = tracker.create_run(
-            f"baseline-{model}-{strat}",
-            {
-                **tags,
-                ROLE: "baseline",
-                TRIAL_ID: key,
-                "specialsam.model": model,
-                **sc.protocol.tags(),
-                "specialsam.prompt_protocol": sc.protocol.label(),
-            },
-            parent=parent,
-        )
-        tracker.log_params(run, {"model": model, "strategy": strat})
-        metrics = {
-            "test_miou": sc.miou,
-            **{f"test_{k}": v for k, v in sc.means.items() if k != "iou"},
-            **{f"test_miou.cat.{c}": v for c, v in sc.per_category.items()},
-            "skipped_empty": sc.skipped_empty,
-        }
-        if base_ret is not None and strat == primary:
-            metrics["retention_miou"] = base_ret
-        metrics.update({f"extra_miou.{k}": v for k, v in extra_here.items()})
-        tracker.log_metrics(run, metrics)
-        tracker.log_json(run, {"iou": sc.per_image_iou.tolist(), "keys": sc.keys}, "per_image_iou.json")
-        tracker.finish(run)
-        out.append(BaselineResult(model, strat, sc.per_image_iou, dict(sc.per_category), extra_here))
-    return out, base_ret
+    cfg: SweepConfig
+    opts: RunOptions
+    task: Any
+    models: dict[str, tuple[Any, Any]]  # name -> (SAM model, checkpoint info)
+    cache: EmbeddingCache
+    folder: Path
+    state: dict | None
+    uri: str
+    dev: Any
+    tracker: Tracker | None = None
+    parent: str = ""
+    common: dict[str, str] = field(default_factory=dict)
+    packs: dict[str, Pack] = field(default_factory=dict)
+
+    def save(self) -> None:
+        save_state(self.folder, self.state)
 
 
-def metrics_with_prefix(run, prefix: str) -> dict[str, float]:
-    """A run's metrics under ``prefix`` (``test_miou.cat.``, ``extra_miou.``), keyed by the rest."""
-    return {k[len(prefix) :]: v for k, v in run.data.metrics.items() if k.startswith(prefix)}
+@dataclass
+class Baselines:
+    """Every model's zero-shot scores, as the rules and the trial logger need them."""
 
-
-def trial_from_record(trial_id: str, rec: dict, base_retention_miou: float | None) -> TrialResult:
-    """A trial's ``result.json`` record (from its Tune checkpoint or its MLflow run) for the rules."""
-    p = rec["params"]
-    return TrialResult(
-        trial_id=trial_id,
-        model=p["model"],
-        n_train=p["n_train"],
-        seed=p["seed"],
-        params={k: v for k, v in p.items() if k not in ("model", "n_train", "seed")},
-        per_image_iou={s: np.asarray(v["per_image_iou"]) for s, v in rec["test"].items()},
-        val_miou=rec["best_val_miou"],
-        phase=rec["phase"],
-        health=rec["health"],
-        retention_miou=rec.get("retention_miou"),
-        base_retention_miou=base_retention_miou,
-        per_category={s: v.get("per_category") or {} for s, v in rec["test"].items()},
-        extra_miou=rec.get("extra_miou") or {},
-    )
-
-
-def _trial_results(records, base_retention: dict[str, float | None]) -> list[TrialResult]:
-    return [
-        trial_from_record(r.key, r.record, base_retention.get(r.record["params"]["model"]))
-        for r in records
-        if r.record is not None
-    ]
+    results: list[BaselineResult] = field(default_factory=list)
+    primary: dict[str, float] = field(default_factory=dict)  # model -> primary strategy's mIoU
+    retention: dict[str, float | None] = field(default_factory=dict)
+    extra: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -365,21 +136,13 @@ class SweepInterrupted(KeyboardInterrupt):
         self.task, self.sweep = task, sweep
 
 
-@dataclass
-class _Live:
-    """What a Ctrl-C must close, filled in as the sweep creates it."""
-
-    tracker: Tracker | None = None
-    parent: str | None = None
-    folder: Path | None = None
-
-
+# ------------------------------------------------------------------------------------ the stages
 def run_sweep(cfg: SweepConfig, opts: RunOptions) -> SweepOutcome | Plan:
     """One sweep; a Ctrl-C anywhere in it (encoding, baselines, a Tune phase, the report) ends as
     ``SweepInterrupted`` instead of a truncated sweep reported as finished."""
-    from specialsam.sweep import phases
+    from specialsam.sweep import ray_runtime
 
-    had_ray = phases.ray_running()  # a Ray this process already runs (a caller's) is left alone
+    had_ray = ray_runtime.ray_running()  # a Ray this process already runs (a caller's) is left alone
     live = _Live()
     try:
         return _run_sweep(cfg, opts, live)
@@ -389,46 +152,25 @@ def run_sweep(cfg: SweepConfig, opts: RunOptions) -> SweepOutcome | Plan:
         raise SweepInterrupted(cfg.task, live.folder.name if resumable else opts.resume) from None
 
 
-def _close_interrupted(live: _Live, stop_ray: bool) -> None:
-    """Mark the sweep's open MLflow runs KILLED and shut down the Ray it started. A further Ctrl-C
-    skips the step it lands in (``--resume`` closes leftover runs; process exit ends Ray)."""
-    import sys
-
-    from specialsam.sweep import phases
-
-    def kill_runs() -> None:
-        if live.tracker is not None and live.parent is not None:
-            live.tracker.kill_sweep(live.parent)
-
-    for step in [kill_runs, *([phases.stop_ray] if stop_ray else [])]:
-        try:
-            step()
-        except KeyboardInterrupt:
-            pass
-        except Exception as exc:  # noqa: BLE001 - the interrupt is what the user must see; this is a note
-            print(f"warning: while stopping: {type(exc).__name__}: {exc}", file=sys.stderr)
-
-
-def _reusable_baselines(tracker: Tracker, parent: str) -> dict[str, Any]:
-    """A resumed sweep's finished baseline runs by key. One an interrupt cut short (KILLED, its
-    scores never logged) is deleted (MLflow's trash) and scored again, never reused or doubled."""
-    out = {}
-    for r in tracker.children(parent, "baseline"):
-        if r.info.status == "FINISHED":
-            out[r.data.tags.get(TRIAL_ID)] = r
-        else:
-            tracker.client.delete_run(r.info.run_id)
-    return out
-
-
 def _run_sweep(cfg: SweepConfig, opts: RunOptions, live: _Live) -> SweepOutcome | Plan:
-    from specialsam.device import select_device
-    from specialsam.sweep import phases
+    sweep = prepare_sweep(cfg, opts)
+    if opts.plan:
+        return plan_sweep(sweep)
+    start_ray(sweep)
+    build_packs(sweep)
+    open_parent_run(sweep, live)
+    baselines = score_baselines(sweep)
+    trials = run_phases(sweep, baselines)
+    return finish(sweep, baselines, trials)
 
-    # 1. every check on user input, before anything is written
+
+def prepare_sweep(cfg: SweepConfig, opts: RunOptions) -> Sweep:
+    """Stage 1: every check on user input, before anything is written."""
+    from specialsam.device import select_device
+
     uri = resolve_tracking_uri(opts.tracking_uri, opts.cwd)
     check_outputs(cfg, opts, uri)
-    folder, state = _sweep_dir(cfg, opts)
+    folder, state = sweep_dir(cfg, opts)
     if state is not None and state["config"] != json.loads(json.dumps(config_to_dict(cfg))):
         raise UserError(
             f"--resume: the config differs from the one sweep {folder.name} started with; "
@@ -437,155 +179,235 @@ def _run_sweep(cfg: SweepConfig, opts: RunOptions, live: _Live) -> SweepOutcome 
     task, models = prepare(cfg, opts)
     for line in task.notes:
         _say(f"note: {line}", opts)
-    cache = EmbeddingCache(_cache_root(cfg, opts)[0])
-    dev = select_device()
-    if opts.plan:
-        import os
+    cache = EmbeddingCache(cache_root(cfg, opts)[0])
+    return Sweep(cfg, opts, task, models, cache, folder, state, uri, select_device())
 
-        parallel = max(1.0, (os.cpu_count() or 1) / cfg.resources.cpus_per_trial)
-        if cfg.resources.max_concurrent:
-            parallel = min(parallel, cfg.resources.max_concurrent)
-        return make_plan(cfg, task, models, cache, parallel, dev.device.type)
-    phases.init_ray(opts.address)
-    phases.check_gpus(cfg.resources.gpus_per_trial)
-    tracker = Tracker(uri, opts.experiment or experiment_name(cfg.task))
 
-    # 2. embeddings + packs (the encoder runs here, once per image, never in a trial)
-    settings = pack_settings(cfg)
-    retention = retention_set(cfg)
-    packs: dict[str, Pack] = {}
+def plan_sweep(sweep: Sweep) -> Plan:
+    """``--plan``: the cost at this machine's parallelism, nothing run."""
+    res = sweep.cfg.resources
+    parallel = max(1.0, (os.cpu_count() or 1) / res.cpus_per_trial)
+    if res.max_concurrent:
+        parallel = min(parallel, res.max_concurrent)
+    return make_plan(sweep.cfg, sweep.task, sweep.models, sweep.cache, parallel, sweep.dev.device.type)
+
+
+def start_ray(sweep: Sweep) -> None:
+    from specialsam.sweep import ray_runtime
+
+    ray_runtime.init_ray(sweep.opts.address)
+    ray_runtime.check_gpus(sweep.cfg.resources.gpus_per_trial)
+    sweep.tracker = Tracker(sweep.uri, sweep.opts.experiment or experiment_name(sweep.cfg.task))
+
+
+def build_packs(sweep: Sweep) -> None:
+    """Stage 2: embeddings + packs (the encoder runs here, once per image, never in a trial)."""
     from specialsam.sweep.precompute import cluster_precompute, use_cluster_precompute
 
+    settings, retention = pack_settings(sweep.cfg), retention_set(sweep.cfg)
     spread = use_cluster_precompute()
-    for name, (sam, info) in models.items():
+    for name, (sam, info) in sweep.models.items():
         ident = model_identity(sam, name, info.sha256)
         hook = None
         if spread:  # fill the shared cache once, on the cluster's nodes/GPUs
 
             def hook(images, hashes, name=name, ident=ident):
+                o = sweep.opts
                 calls = cluster_precompute(
-                    name, ident, cache, images, hashes, opts.checkpoint_dir, opts.allow_unverified
+                    name, ident, sweep.cache, images, hashes, o.checkpoint_dir, o.allow_unverified
                 )
                 if calls:
-                    _say(f"encoded {sum(calls.values())} images for {name} on {len(calls)} node(s)", opts)
+                    _say(f"encoded {sum(calls.values())} images for {name} on {len(calls)} node(s)", o)
 
-        folder_pack = build_pack(
-            task, sam, ident, cache, settings, retention, progress=not opts.quiet, precompute=hook
+        folder = build_pack(
+            sweep.task,
+            sam,
+            ident,
+            sweep.cache,
+            settings,
+            retention,
+            progress=not sweep.opts.quiet,
+            precompute=hook,
         )
-        packs[name] = Pack(folder_pack, cache)
+        sweep.packs[name] = Pack(folder, sweep.cache)
 
-    # 3. parent run (new, or the interrupted one), baselines
-    image_size = {n: int(sam.image_encoder.img_size) for n, (sam, _) in models.items()}
-    common = {
-        "specialsam.task": cfg.task,
-        "specialsam.data": task.data,
-        "specialsam.prompt_protocol": f"{cfg.eval.primary}/{cfg.eval.mask_selection}/original-resolution",
-        "specialsam.primary_prompt": cfg.eval.primary,
-        "specialsam.mask_selection": cfg.eval.mask_selection,
-        "specialsam.scoring": "original-resolution",
-        "specialsam.image_size": ",".join(f"{k}={v}" for k, v in image_size.items()),
-    }
-    live.tracker, live.folder = tracker, folder
-    if state is None:
-        folder.mkdir(parents=True, exist_ok=True)
-        parent = tracker.create_run(
-            folder.name,
-            {
-                **common,
-                ROLE: "sweep",
-                "specialsam.sweep_dir": str(folder),
-                "specialsam.models": ",".join(cfg.models),
-            },
+
+def open_parent_run(sweep: Sweep, live: _Live) -> None:
+    """Stage 3a: the sweep's parent run, new or (``--resume``) the interrupted one."""
+    cfg, tracker = sweep.cfg, sweep.tracker
+    image_size = {n: int(sam.image_encoder.img_size) for n, (sam, _) in sweep.models.items()}
+    sweep.common = names.sweep_tags(
+        cfg.task, sweep.task.data, cfg.eval.primary, cfg.eval.mask_selection, image_size
+    )
+    live.tracker, live.folder = tracker, sweep.folder
+    if sweep.state is None:
+        sweep.folder.mkdir(parents=True, exist_ok=True)
+        sweep.parent = live.parent = tracker.create_run(
+            sweep.folder.name, names.parent_tags(sweep.common, str(sweep.folder), list(cfg.models))
         )
-        live.parent = parent
-        tracker.log_params(parent, config_to_dict(cfg))
-        state = {"parent_run_id": parent, "config": config_to_dict(cfg), "best": {}, "done": []}
-        _save_state(folder, state)
-    else:
-        parent = live.parent = state["parent_run_id"]
-        tracker.client.update_run(parent, status="RUNNING")
-        closed = tracker.close_running(parent)
-        _say(
-            f"resuming sweep {folder.name} (parent run {parent}); {closed} interrupted run(s) marked KILLED",
-            opts,
-        )
-    existing = _reusable_baselines(tracker, parent)
-    baselines: list[BaselineResult] = []
-    baseline_primary, base_ret, base_extra = {}, {}, {}
-    for name, (sam, _info) in models.items():
-        per, base_ret[name] = _log_baselines(
-            tracker, parent, common, name, packs[name], cfg, existing, sam, dev
-        )
-        baselines += per
-        primary_base = next(b for b in per if b.prompt == cfg.eval.primary)
-        baseline_primary[name] = primary_base.miou
-        base_extra[name] = primary_base.extra_miou
-        extras = "".join(f"; extra test set {k} {v:.3f}" for k, v in primary_base.extra_miou.items())
-        _say(f"baseline {name}: " + ", ".join(f"{b.prompt} {b.miou:.3f}" for b in per) + extras, opts)
-    log = phases.SweepLogging(
-        tracker, parent, common, baseline_primary, base_ret, cfg.eval.primary, base_extra=base_extra
+        tracker.log_params(sweep.parent, config_to_dict(cfg))
+        sweep.state = {"parent_run_id": sweep.parent, "config": config_to_dict(cfg), "best": {}, "done": []}
+        sweep.save()
+        return
+    sweep.parent = live.parent = sweep.state["parent_run_id"]
+    tracker.client.update_run(sweep.parent, status="RUNNING")
+    closed = tracker.close_running(sweep.parent)
+    _say(
+        f"resuming sweep {sweep.folder.name} (parent run {sweep.parent}); "
+        f"{closed} interrupted run(s) marked KILLED",
+        sweep.opts,
     )
 
-    # 4. phases
-    threads = max(1, int(cfg.resources.cpus_per_trial))
-    resources = phases.trial_resources(cfg.resources.cpus_per_trial, cfg.resources.gpus_per_trial)
-    ctx_base = {
-        "packs": {n: str(p.folder) for n, p in packs.items()},
-        "cache_dir": str(cache.root),
-        "threads": threads,
-        "primary": cfg.eval.primary,
-        "strategies": list(cfg.eval.strategies),
-        "mask_selection": cfg.eval.mask_selection,
-        "extra_metrics": cfg.eval.extra_metrics,
-        "fault": opts.fault,
-    }
-    train_settings = {
-        k: getattr(cfg.train, k)
-        for k in (
-            "epochs",
-            "max_steps",
-            "batch_size",
-            "micro_batch",
-            "patience",
-            "warmup_fraction",
-            "weight_decay",
+
+def score_baselines(sweep: Sweep) -> Baselines:
+    """Stage 3b: one baseline run per model x strategy (reused on resume)."""
+    out = Baselines()
+    existing = _reusable_baselines(sweep.tracker, sweep.parent)
+    primary = sweep.cfg.eval.primary
+    for name, (sam, _info) in sweep.models.items():
+        per, out.retention[name] = _model_baselines(sweep, name, sam, existing)
+        out.results += per
+        primary_base = next(b for b in per if b.prompt == primary)
+        out.primary[name] = primary_base.miou
+        out.extra[name] = primary_base.extra_miou
+        extras = "".join(f"; extra test set {k} {v:.3f}" for k, v in primary_base.extra_miou.items())
+        _say(f"baseline {name}: " + ", ".join(f"{b.prompt} {b.miou:.3f}" for b in per) + extras, sweep.opts)
+    return out
+
+
+def _model_baselines(
+    sweep: Sweep, model: str, sam, existing: dict
+) -> tuple[list[BaselineResult], float | None]:
+    """One model's baselines: strategies already logged are read back, the rest scored and logged.
+
+    Extra test sets and retention are scored with the primary prompt and logged on its run."""
+    import numpy as np
+
+    cfg, tracker = sweep.cfg, sweep.tracker
+    strategies = list(cfg.eval.strategies)
+    todo = [s for s in strategies if names.baseline_key(model, s) not in existing]
+    scores = score_decoder(sam, sweep.packs[model], scoring(cfg), sweep.dev, todo)
+    out = []
+    for strat in strategies:
+        extra = scores.extra_miou if strat == cfg.eval.primary else {}
+        run = existing.get(names.baseline_key(model, strat))
+        if run is not None:
+            per = tracker.download_json(run.info.run_id, names.PER_IMAGE_IOU)["iou"]
+            cats = names.with_prefix(run.data.metrics, names.CATEGORY_PREFIX)
+            out.append(BaselineResult(model, strat, np.asarray(per), cats, extra))
+            continue
+        sc = scores.test[strat]
+        run_id = tracker.create_run(
+            names.baseline_run_name(model, strat),
+            names.baseline_tags(sweep.common, model, sc),
+            parent=sweep.parent,
         )
+        tracker.log_params(run_id, names.baseline_params(model, strat))
+        retention = scores.retention_miou if strat == cfg.eval.primary else None
+        tracker.log_metrics(run_id, names.baseline_metrics(sc, retention, extra))
+        tracker.log_json(run_id, names.per_image_json(sc), names.PER_IMAGE_IOU)
+        tracker.finish(run_id)
+        out.append(BaselineResult(model, strat, sc.per_image_iou, dict(sc.per_category), extra))
+    return out, scores.retention_miou
+
+
+def _reusable_baselines(tracker: Tracker, parent: str) -> dict[str, Any]:
+    """A resumed sweep's finished baseline runs by key. One an interrupt cut short (KILLED, its
+    scores never logged) is deleted (MLflow's trash) and scored again, never reused or doubled."""
+    out = {}
+    for r in tracker.children(parent, names.ROLE_BASELINE):
+        if r.info.status == "FINISHED":
+            out[r.data.tags.get(names.TRIAL_ID)] = r
+        else:
+            tracker.client.delete_run(r.info.run_id)
+    return out
+
+
+def sweep_context(cfg: SweepConfig, packs: dict[str, Pack], cache: EmbeddingCache, phase: str, **kw: Any):
+    """What every trial of ``phase`` shares; phase B never stops early (``patience`` 0)."""
+    from specialsam.sweep.trainable import SweepContext
+
+    train = cfg.train if phase == "tune" else cfg.train.model_copy(update={"patience": 0})
+    return SweepContext(
+        phase=phase,
+        packs={n: str(p.folder) for n, p in packs.items()},
+        cache_dir=str(cache.root),
+        scoring=scoring(cfg),
+        train=train,
+        threads=max(1, int(cfg.resources.cpus_per_trial)),
+        **kw,
+    )
+
+
+def run_phases(sweep: Sweep, baselines: Baselines) -> list:
+    """Stage 4: phase A per model (which settings?), then phase B (how much data?)."""
+    from specialsam.sweep import phases
+
+    cfg = sweep.cfg
+    log = phases.SweepLogging(
+        sweep.tracker,
+        sweep.parent,
+        sweep.common,
+        baselines.primary,
+        baselines.retention,
+        cfg.eval.primary,
+        base_extra=baselines.extra,
+    )
+    common = {
+        "log": log,
+        "storage": sweep.folder,
+        "resources": phases.trial_resources(cfg.resources.cpus_per_trial, cfg.resources.gpus_per_trial),
+        "max_concurrent": cfg.resources.max_concurrent,
     }
-    records = []
+    trials = []
     for name in cfg.models:
-        ctx = {**ctx_base, "phase": "tune", "train": train_settings}
-        space = {
-            **phases.tune_param_space(cfg.search.space),
-            "model": name,
-            "n_train": cfg.search.n_train,
-            "seed": cfg.curve.seeds[0],
-        }
-        _say(
-            f"phase A (tune) {name}: {cfg.search.num_samples} trials, {cfg.search.searcher.type} + "
-            f"{cfg.search.scheduler.type}",
-            opts,
-        )
-        recs = phases.run_phase(
-            name=f"tune-{name}",
-            param_space=space,
-            ctx=ctx,
-            log=log,
-            storage=folder,
-            resources=resources,
-            num_samples=cfg.search.num_samples,
-            searcher=cfg.search.searcher.type,
-            searcher_seed=cfg.search.searcher.seed,
-            asha=cfg.search.scheduler.model_dump() if cfg.search.scheduler.type == "asha" else None,
-            max_concurrent=cfg.resources.max_concurrent,
-        )
-        records += recs
-        best = phases.best_params(recs) or {}
-        state["best"][name] = best
-        _save_state(folder, state)
-        _say(f"  best {name}: {best}", opts)
-    ctx = {**ctx_base, "phase": "curve", "best": state["best"], "train": {**train_settings, "patience": 0}}
+        trials += _phase_a(sweep, name, common)
+    trials += _phase_b(sweep, common)
+    return trials
+
+
+def _phase_a(sweep: Sweep, model: str, common: dict[str, Any]) -> list:
+    from specialsam.sweep import phases
+
+    cfg, search = sweep.cfg, sweep.cfg.search
+    ctx = sweep_context(cfg, sweep.packs, sweep.cache, "tune", fault=sweep.opts.fault)
+    space = {
+        **phases.tune_param_space(search.space),
+        "model": model,
+        "n_train": search.n_train,
+        "seed": cfg.curve.seeds[0],
+    }
+    _say(
+        f"phase A (tune) {model}: {search.num_samples} trials, "
+        f"{search.searcher.type} + {search.scheduler.type}",
+        sweep.opts,
+    )
+    trials = phases.run_phase(
+        name=f"tune-{model}",
+        param_space=space,
+        ctx=ctx,
+        num_samples=search.num_samples,
+        searcher=search.searcher.type,
+        searcher_seed=search.searcher.seed,
+        asha=search.scheduler.model_dump() if search.scheduler.type == "asha" else None,
+        **common,
+    )
+    best = phases.best_params(trials) or {}
+    sweep.state["best"][model] = best
+    sweep.save()
+    _say(f"  best {model}: {best}", sweep.opts)
+    return trials
+
+
+def _phase_b(sweep: Sweep, common: dict[str, Any]) -> list:
     from ray import tune
 
+    from specialsam.sweep import phases
+
+    cfg = sweep.cfg
+    ctx = sweep_context(
+        cfg, sweep.packs, sweep.cache, "curve", best=sweep.state["best"], fault=sweep.opts.fault
+    )
     grid = {
         "model": tune.grid_search(list(cfg.models)),
         "n_train": tune.grid_search(list(cfg.curve.n_train)),
@@ -593,165 +415,44 @@ def _run_sweep(cfg: SweepConfig, opts: RunOptions, live: _Live) -> SweepOutcome 
     }
     _say(
         f"phase B (learning curve): {len(cfg.models) * len(cfg.curve.n_train) * len(cfg.curve.seeds)} trials",
-        opts,
+        sweep.opts,
     )
-    records += phases.run_phase(
-        name="curve",
-        param_space=grid,
-        ctx=ctx,
-        log=log,
-        storage=folder,
-        resources=resources,
-        max_concurrent=cfg.resources.max_concurrent,
-    )
+    return phases.run_phase(name="curve", param_space=grid, ctx=ctx, **common)
 
-    # 5. rules, report, export
-    trials = _trial_results(records, base_ret)
+
+def finish(sweep: Sweep, baselines: Baselines, trials: list) -> SweepOutcome:
+    """Stage 5: rules, report, export; the parent run finished and the state file marked done."""
+    results = trial_results(trials, baselines.retention)
     try:
-        outcome = finish_report(tracker, parent, cfg, task.data, baselines, trials, records, models, opts)
+        outcome = finish_report(
+            sweep.tracker, sweep.parent, sweep.cfg, sweep.task.data, baselines.results, results
+        )
+        outcome.export_paths = export_best(
+            sweep.tracker, sweep.parent, sweep.cfg, outcome.report, trials, sweep.models, sweep.opts
+        )
     finally:
-        cleanup_records(records)  # the trials' downloaded checkpoints (temp folders)
-    tracker.finish(parent)
-    state["done"] = ["tune", "curve"]
-    _save_state(folder, state)
-    outcome.sweep_dir = folder
-    outcome.tracking_uri = uri
+        cleanup_trials(trials)  # the trials' downloaded checkpoints (temp folders)
+    sweep.tracker.finish(sweep.parent)
+    sweep.state["done"] = ["tune", "curve"]
+    sweep.save()
+    outcome.sweep_dir = sweep.folder
+    outcome.tracking_uri = sweep.uri
     return outcome
 
 
-def finish_report(
-    tracker: Tracker,
-    parent: str,
-    cfg: SweepConfig,
-    data_kind: str,
-    baselines,
-    trials,
-    records,
-    models,
-    opts: RunOptions,
-) -> SweepOutcome:
-    with tempfile.TemporaryDirectory() as d:
-        out = Path(d)
-        rep = write_report(
-            out,
-            cfg.task,
-            data_kind,
-            baselines,
-            trials,
-            threshold=cfg.rules.threshold,
-            primary_prompt=cfg.eval.primary,
-            claimed_n=cfg.rules.claimed_n,
-            seed=cfg.seed,
-            protocol={
-                "prompt": cfg.eval.primary,
-                "mask_selection": cfg.eval.mask_selection,
-                "scoring": "original resolution",
-                "split": "test",
-                "data": data_kind,
-            },
-        )
-        for f in (rep.report_md, rep.gain_plot, rep.curve_plot):
-            tracker.log_artifact(parent, f, "rules")
-        summary = format_summary(rep.summary)
-    tracker.set_tags(parent, rep.tags)
-    export = None
-    if records is not None and models is not None:
-        export = _export_best(tracker, parent, cfg, rep, records, models, opts)
-    return SweepOutcome(
-        parent, rep, Path(), rep.tags, summary, export, trials, baselines, tracker.uri, data_kind
-    )
+def _close_interrupted(live: _Live, stop_ray: bool) -> None:
+    """Mark the sweep's open MLflow runs KILLED and shut down the Ray it started. A further Ctrl-C
+    skips the step it lands in (``--resume`` closes leftover runs; process exit ends Ray)."""
+    from specialsam.sweep import ray_runtime
 
+    def kill_runs() -> None:
+        if live.tracker is not None and live.parent is not None:
+            live.tracker.kill_sweep(live.parent)
 
-def _export_best(tracker, parent, cfg, rep, records, models, opts):
-    """Export the recommended (else best-validated) model; log decoders of each model's best trial."""
-    from specialsam.models.export import export_specialised
-
-    by_key = {r.key: r for r in records if r.record is not None and r.checkpoint_dir is not None}
-    best_per_model = {}
-    for r in by_key.values():
-        m = r.params["model"]
-        if m not in best_per_model or r.record["best_val_miou"] > best_per_model[m].record["best_val_miou"]:
-            best_per_model[m] = r
-    for r in best_per_model.values():
-        if r.run_id:
-            tracker.log_artifact(r.run_id, r.checkpoint_dir / "decoder.pt")
-            tracker.set_tags(r.run_id, {"specialsam.best_for_model": "true"})
-    cells = [c for c in rep.baseline_report.cells if c.prompt == cfg.eval.primary and c.gain is not None]
-    if not cells:
-        return None
-    best_cell = max(cells, key=lambda c: c.gain.lo)
-    sel = rep.baseline_report.selections.get(best_cell.model)
-    chosen = None
-    if sel is not None:
-        ids = {t.trial_id for t in sel.trials}
-        cands = [by_key[k] for k in ids if k in by_key]
-        chosen = max(cands, key=lambda r: r.record["best_val_miou"]) if cands else None
-    chosen = chosen or best_per_model.get(best_cell.model)
-    if chosen is None:
-        return None
-    sam, _ = models[best_cell.model]
-    state = torch.load(chosen.checkpoint_dir / "decoder.pt", weights_only=True)
-    out_dir = _export_root(opts)
-    stem = f"{cfg.task}-{best_cell.model}-specialised"
-    try:
-        full, dec = export_specialised(sam, state, out_dir, stem)
-    except OSError as exc:  # checked before the sweep, so the folder changed since (or the disk filled)
-        if disk_full(exc):
-            raise
-        raise UserError(
-            f"{'--export-dir' if opts.export_dir else 'the export folder'} {out_dir}: cannot write the "
-            f"specialised model ({exc.strerror or exc}); fix it and rerun with --resume"
-        ) from None
-    tracker.log_artifact(parent, dec, "export")
-    if full.stat().st_size < 200 * 1024**2:
-        tracker.log_artifact(parent, full, "export")
-    tracker.set_tags(parent, {"specialsam.export.full": str(full), "specialsam.export.trial": chosen.key})
-    return full, dec
-
-
-def analyze_only(cfg: SweepConfig, opts: RunOptions, parent: str) -> SweepOutcome:
-    """Rebuild the rules report of a finished sweep from MLflow alone."""
-    uri = resolve_tracking_uri(opts.tracking_uri, opts.cwd)
-    # look the run up first: a bogus id must not create a database or an experiment
-    tracker, run = Tracker.for_run(uri, parent, f"--analyze-only {parent}")
-    check_tracking_db(uri)  # the report is logged to it
-    if run.data.tags.get(ROLE) != "sweep":
-        raise UserError(
-            f"--analyze-only {parent}: run is not a sweep parent run (role={run.data.tags.get(ROLE)})"
-        )
-    baselines = []
-    for r in tracker.children(parent, "baseline"):
-        per = tracker.download_json(r.info.run_id, "per_image_iou.json")["iou"]
-        model, strat = r.data.params["model"], r.data.params["strategy"]
-        baselines.append(
-            BaselineResult(
-                model,
-                strat,
-                np.asarray(per),
-                metrics_with_prefix(r, "test_miou.cat."),
-                metrics_with_prefix(r, "extra_miou."),
-            )
-        )
-    trials = []
-    for r in tracker.children(parent, "trial"):
-        if r.info.status != "FINISHED" or "test_miou." + cfg.eval.primary not in r.data.metrics:
-            continue
-        rec = tracker.download_json(r.info.run_id, "result.json")
-        trial_id = r.data.tags.get(TRIAL_ID, r.info.run_id)
-        trials.append(trial_from_record(trial_id, rec, r.data.metrics.get("base_retention_miou")))
-    data_kind = run.data.tags.get("specialsam.data", "real")
-    out = finish_report(tracker, parent, cfg, data_kind, baselines, trials, None, None, opts)
-    out.tracking_uri = uri
-    return out
-
-
-def mlflow_ui_hint(uri: str) -> str:
-    if uri.startswith("sqlite:///"):
-        return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
-    return f"open {uri} in a browser"
-
-
-def cleanup_records(records) -> None:
-    for r in records or []:
-        if r.checkpoint_dir is not None:
-            shutil.rmtree(r.checkpoint_dir, ignore_errors=True)
+    for step in [kill_runs, *([ray_runtime.stop_ray] if stop_ray else [])]:
+        try:
+            step()
+        except KeyboardInterrupt:
+            pass
+        except Exception as exc:  # noqa: BLE001 - the interrupt is what the user must see; this is a note
+            print(f"warning: while stopping: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -10,6 +10,13 @@ stops part of its trials early.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from specialsam.finetune.pack import model_identity
+
+if TYPE_CHECKING:
+    from specialsam.config import SweepConfig
+    from specialsam.finetune.cache import EmbeddingCache
 
 # Measured on this project's reference 2-core CPU machine, one torch thread per trial
 # (benchmarks/README.md, 2026-11-22): tiny, a whole trial's training incl. per-epoch validation
@@ -99,3 +106,45 @@ def _duration(s: float) -> str:
     if s < 5400:
         return f"{s / 60:.0f} min"
     return f"{s / 3600:.1f} h"
+
+
+def make_plan(cfg: SweepConfig, task, models, cache: EmbeddingCache, parallel: float, device: str) -> Plan:
+    """The plan of ``cfg`` on ``task`` with ``models``; images already in ``cache`` cost nothing."""
+    train = cfg.train
+    plan = Plan(
+        phase_a_trials=cfg.search.num_samples * len(cfg.models),
+        phase_b_trials=len(cfg.curve.n_train) * len(cfg.curve.seeds) * len(cfg.models),
+        parallel=parallel,
+        device=device,
+    )
+    extras = [x for v in getattr(task, "extra_tests", {}).values() for x in v]
+    samples = list(task.train) + list(task.val) + list(task.test) + extras
+    n_ret = cfg.eval.retention_n
+    hashes = [s.image_hash() for s in samples]
+    for name, (sam, info) in models.items():
+        ident = model_identity(sam, name, info.sha256)
+        todo = sum(not cache.has(ident.key(h)) for h in hashes)
+        images = len(samples) + len(task.train) * int(train.flip) + n_ret
+        todo += len(task.train) * int(train.flip) + n_ret  # flips/retention: counted, not checked
+        fam = family(name)
+        per_trial_a = trial_samples(
+            cfg.search.n_train, train.epochs, train.max_steps, train.batch_size, train.flip
+        )
+        total = cfg.search.num_samples * per_trial_a + sum(
+            len(cfg.curve.seeds)
+            * trial_samples(n, train.epochs, train.max_steps, train.batch_size, train.flip)
+            for n in cfg.curve.n_train
+        )
+        res = train.loss_res or (256 if fam == "tiny" else 1024)
+        plan.models.append(
+            ModelPlan(
+                model=name,
+                images=images,
+                to_encode=todo,
+                cache_bytes=images * EMBEDDING_BYTES[fam] + len(samples) * res * res,
+                train_samples=total,
+                encode_seconds=todo / ENCODE_IMAGES_PER_S[name][device],
+                train_seconds=total / TRAIN_SAMPLES_PER_S[fam][device],
+            )
+        )
+    return plan

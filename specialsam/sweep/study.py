@@ -88,7 +88,8 @@ def log_study(
     tracking_uri: str, outcomes: list[tuple[str, object]], primary: str, threshold: float
 ) -> tuple[str, str]:
     """Log the table + cross-task scatter; returns (run id, printed table)."""
-    from specialsam.sweep.tracking import ROLE, Tracker
+    from specialsam.sweep import mlflow_runs as names
+    from specialsam.sweep.tracking import Tracker
 
     rows = study_rows(outcomes, primary)
     table = format_rows(rows)
@@ -96,11 +97,7 @@ def log_study(
     tracker = Tracker(tracking_uri, STUDY_EXPERIMENT)
     run = tracker.create_run(
         "study-" + "-".join(t for t, _ in outcomes),
-        {
-            ROLE: "study",
-            "specialsam.verdict.baseline_rule": rep.verdict,
-            "specialsam.tasks": ",".join(t for t, _ in outcomes),
-        },
+        names.study_tags(rep.verdict, [t for t, _ in outcomes]),
     )
     with tempfile.TemporaryDirectory() as d:
         p = Path(d)
@@ -116,12 +113,6 @@ def log_study(
         tracker.log_json(run, rows, "study_table.json")
     for r in rows:
         if r["gain"] is not None:
-            tracker.log_metrics(
-                run,
-                {
-                    f"gain.{r['task']}.{r['model']}": r["gain"],
-                    f"baseline.{r['task']}.{r['model']}": r["baseline"],
-                },
-            )
+            tracker.log_metrics(run, names.study_metrics(r["task"], r["model"], r["gain"], r["baseline"]))
     tracker.finish(run)
     return run, table + f"\ncrossover across tasks: {rep.crossover.describe()}"

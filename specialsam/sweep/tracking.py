@@ -20,10 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from specialsam.errors import UserError
+from specialsam.sweep.mlflow_runs import PARENT, ROLE, ROLE_SWEEP, ROLE_TRIAL, TRIAL_ID
 
-ROLE = "specialsam.role"
-PARENT = "mlflow.parentRunId"
-TRIAL_ID = "specialsam.trial_id"
 MAX_PARAM_LEN = 500
 
 
@@ -214,7 +212,9 @@ class Tracker:
 
     def trial_runs(self, parent: str) -> dict[str, Any]:
         """Existing trial child runs by trial id (for resume: reuse, never duplicate)."""
-        return {r.data.tags[TRIAL_ID]: r for r in self.children(parent, "trial") if TRIAL_ID in r.data.tags}
+        return {
+            r.data.tags[TRIAL_ID]: r for r in self.children(parent, ROLE_TRIAL) if TRIAL_ID in r.data.tags
+        }
 
     def close_running(self, parent: str, status: str = "KILLED") -> int:
         """Children still RUNNING (a driver killed mid-sweep) end as KILLED, never left running."""
@@ -242,7 +242,7 @@ class Tracker:
 
     def sweeps(self) -> Iterable:
         return self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{ROLE}` = 'sweep'", max_results=1000
+            [self.experiment_id], filter_string=f"tags.`{ROLE}` = '{ROLE_SWEEP}'", max_results=1000
         )
 
 

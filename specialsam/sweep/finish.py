@@ -1,0 +1,227 @@
+"""A sweep's last stage: the rules report on the parent run, and the recommended model exported.
+
+``finish_report`` turns baselines and trial records into the rules' verdicts, the report and its
+plots (``report.markdown``) and logs them; ``analyze_only`` rebuilds the same from MLflow alone.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from specialsam.analysis.results import BaselineResult, TrialResult
+from specialsam.analysis.summaries import format_summary
+from specialsam.config import SweepConfig
+from specialsam.errors import UserError, disk_full
+from specialsam.finetune.records import RESULT_FILE, TrialRecord
+from specialsam.report.markdown import write_report
+from specialsam.sweep import mlflow_runs as names
+from specialsam.sweep.outputs import RunOptions, check_tracking_db, export_root
+from specialsam.sweep.tracking import Tracker, resolve_tracking_uri
+
+if TYPE_CHECKING:  # phases imports Ray, which --analyze-only does not need
+    from specialsam.sweep.phases import PhaseTrial
+
+
+@dataclass
+class SweepOutcome:
+    parent_run_id: str
+    report: Any
+    sweep_dir: Path
+    verdicts: dict[str, str]
+    summary: str
+    export_paths: tuple[Path, Path] | None
+    trials: list[TrialResult]
+    baselines: list[BaselineResult]
+    tracking_uri: str
+    data_kind: str = "real"
+
+
+def trial_from_record(trial_id: str, rec: TrialRecord, base_retention_miou: float | None) -> TrialResult:
+    """A trial's record (from its Tune checkpoint or its MLflow run) as the rules read it."""
+    p = rec.params
+    return TrialResult(
+        trial_id=trial_id,
+        model=rec.model,
+        n_train=p["n_train"],
+        seed=p["seed"],
+        params=rec.hyperparams,
+        per_image_iou={s: np.asarray(v.per_image_iou) for s, v in rec.test.items()},
+        val_miou=rec.best_val_miou,
+        phase=rec.phase,
+        health=rec.health,
+        retention_miou=rec.retention_miou,
+        base_retention_miou=base_retention_miou,
+        per_category={s: v.per_category or {} for s, v in rec.test.items()},
+        extra_miou=rec.extra_miou,
+    )
+
+
+def trial_results(trials: list[PhaseTrial], base_retention: dict[str, float | None]) -> list[TrialResult]:
+    return [
+        trial_from_record(t.key, t.record, base_retention.get(t.record.model))
+        for t in trials
+        if t.record is not None
+    ]
+
+
+def finish_report(
+    tracker: Tracker,
+    parent: str,
+    cfg: SweepConfig,
+    data_kind: str,
+    baselines: list[BaselineResult],
+    trials: list[TrialResult],
+) -> SweepOutcome:
+    """Verdicts, report and plots, logged on the parent run (artifacts under ``rules/``, tags)."""
+    with tempfile.TemporaryDirectory() as d:
+        rep = write_report(
+            Path(d),
+            cfg.task,
+            data_kind,
+            baselines,
+            trials,
+            threshold=cfg.rules.threshold,
+            primary_prompt=cfg.eval.primary,
+            claimed_n=cfg.rules.claimed_n,
+            seed=cfg.seed,
+            protocol={
+                "prompt": cfg.eval.primary,
+                "mask_selection": cfg.eval.mask_selection,
+                "scoring": "original resolution",
+                "split": "test",
+                "data": data_kind,
+            },
+        )
+        for f in (rep.report_md, rep.gain_plot, rep.curve_plot):
+            tracker.log_artifact(parent, f, "rules")
+        summary = format_summary(rep.summary)
+    tracker.set_tags(parent, rep.tags)
+    return SweepOutcome(
+        parent, rep, Path(), rep.tags, summary, None, trials, baselines, tracker.uri, data_kind
+    )
+
+
+def export_best(
+    tracker: Tracker, parent: str, cfg: SweepConfig, rep, trials: list[PhaseTrial], models, opts: RunOptions
+) -> tuple[Path, Path] | None:
+    """Export the recommended (else best-validated) model; log decoders of each model's best trial."""
+    by_key = {t.key: t for t in trials if t.record is not None and t.checkpoint_dir is not None}
+    best_per_model = _best_per_model(by_key.values())
+    for t in best_per_model.values():
+        if t.run_id:
+            tracker.log_artifact(t.run_id, t.checkpoint_dir / names.DECODER_FILE)
+            tracker.set_tags(t.run_id, {names.BEST_FOR_MODEL: "true"})
+    cells = [c for c in rep.baseline_report.cells if c.prompt == cfg.eval.primary and c.gain is not None]
+    if not cells:
+        return None
+    best_cell = max(cells, key=lambda c: c.gain.lo)
+    chosen = _recommended_trial(rep, best_cell.model, by_key) or best_per_model.get(best_cell.model)
+    if chosen is None:
+        return None
+    full, dec = _write_export(
+        models[best_cell.model][0], chosen, f"{cfg.task}-{best_cell.model}-specialised", opts
+    )
+    tracker.log_artifact(parent, dec, "export")
+    if full.stat().st_size < 200 * 1024**2:
+        tracker.log_artifact(parent, full, "export")
+    tracker.set_tags(parent, {names.EXPORT_FULL: str(full), names.EXPORT_TRIAL: chosen.key})
+    return full, dec
+
+
+def _best_per_model(trials) -> dict[str, PhaseTrial]:
+    best: dict[str, PhaseTrial] = {}
+    for t in trials:
+        m = t.params["model"]
+        if m not in best or t.record.best_val_miou > best[m].record.best_val_miou:
+            best[m] = t
+    return best
+
+
+def _recommended_trial(rep, model: str, by_key: dict[str, PhaseTrial]) -> PhaseTrial | None:
+    """The best-validated trial of the configuration the rules selected for ``model``."""
+    sel = rep.baseline_report.selections.get(model)
+    if sel is None:
+        return None
+    cands = [by_key[t.trial_id] for t in sel.trials if t.trial_id in by_key]
+    return max(cands, key=lambda t: t.record.best_val_miou) if cands else None
+
+
+def _write_export(sam, chosen: PhaseTrial, stem: str, opts: RunOptions) -> tuple[Path, Path]:
+    from specialsam.models.export import export_specialised
+
+    state = torch.load(chosen.checkpoint_dir / names.DECODER_FILE, weights_only=True)
+    out_dir = export_root(opts)
+    try:
+        return export_specialised(sam, state, out_dir, stem)
+    except OSError as exc:  # checked before the sweep, so the folder changed since (or the disk filled)
+        if disk_full(exc):
+            raise
+        raise UserError(
+            f"{'--export-dir' if opts.export_dir else 'the export folder'} {out_dir}: cannot write the "
+            f"specialised model ({exc.strerror or exc}); fix it and rerun with --resume"
+        ) from None
+
+
+def analyze_only(cfg: SweepConfig, opts: RunOptions, parent: str) -> SweepOutcome:
+    """Rebuild the rules report of a finished sweep from MLflow alone."""
+    uri = resolve_tracking_uri(opts.tracking_uri, opts.cwd)
+    # look the run up first: a bogus id must not create a database or an experiment
+    tracker, run = Tracker.for_run(uri, parent, f"--analyze-only {parent}")
+    check_tracking_db(uri)  # the report is logged to it
+    if run.data.tags.get(names.ROLE) != names.ROLE_SWEEP:
+        raise UserError(
+            f"--analyze-only {parent}: run is not a sweep parent run (role={run.data.tags.get(names.ROLE)})"
+        )
+    data_kind = run.data.tags.get(names.DATA, "real")
+    out = finish_report(
+        tracker,
+        parent,
+        cfg,
+        data_kind,
+        logged_baselines(tracker, parent),
+        logged_trials(tracker, parent, cfg),
+    )
+    out.tracking_uri = uri
+    return out
+
+
+def logged_baselines(tracker: Tracker, parent: str) -> list[BaselineResult]:
+    out = []
+    for r in tracker.children(parent, names.ROLE_BASELINE):
+        per = tracker.download_json(r.info.run_id, names.PER_IMAGE_IOU)["iou"]
+        metrics = r.data.metrics
+        out.append(
+            BaselineResult(
+                r.data.params["model"],
+                r.data.params["strategy"],
+                np.asarray(per),
+                names.with_prefix(metrics, names.CATEGORY_PREFIX),
+                names.with_prefix(metrics, names.EXTRA_PREFIX),
+            )
+        )
+    return out
+
+
+def logged_trials(tracker: Tracker, parent: str, cfg: SweepConfig) -> list[TrialResult]:
+    out = []
+    for r in tracker.children(parent, names.ROLE_TRIAL):
+        if r.info.status != "FINISHED" or names.test_metric("miou", cfg.eval.primary) not in r.data.metrics:
+            continue
+        rec = TrialRecord.from_dict(tracker.download_json(r.info.run_id, RESULT_FILE))
+        trial_id = r.data.tags.get(names.TRIAL_ID, r.info.run_id)
+        out.append(trial_from_record(trial_id, rec, r.data.metrics.get(names.BASE_RETENTION_MIOU)))
+    return out
+
+
+def cleanup_trials(trials: list[PhaseTrial] | None) -> None:
+    """Remove the trials' downloaded checkpoints (temp folders)."""
+    for t in trials or []:
+        if t.checkpoint_dir is not None:
+            shutil.rmtree(t.checkpoint_dir, ignore_errors=True)

@@ -1,0 +1,227 @@
+"""Every MLflow name a sweep writes or reads: tags, params, metrics, artifacts of its runs.
+
+A sweep is one parent run (role ``sweep``) with a child run per baseline (model x prompt strategy)
+and per trial; a multi-task study is one more run (role ``study``). Writers (the driver, the Tune
+callback, the study) and readers (``--analyze-only``, resume, tests) build names here only, so a
+metric is never logged under one name and looked up under another.
+
+Two metric shapes are kept as earlier sweeps logged them: a baseline run scores one strategy and
+logs ``test_miou``; a trial run scores them all and logs ``test_miou.<strategy>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from specialsam.analysis.results import TAG_BASELINE_RULE, TAG_DATA_RULE
+from specialsam.finetune.evaluate import Scores
+from specialsam.finetune.records import RESULT_FILE, TrialRecord
+
+# --------------------------------------------------------------------------------------- tags
+ROLE = "specialsam.role"
+"""Which kind of run: one of the ``ROLE_*`` values."""
+ROLE_SWEEP, ROLE_BASELINE, ROLE_TRIAL, ROLE_STUDY = "sweep", "baseline", "trial", "study"
+PARENT = "mlflow.parentRunId"
+TRIAL_ID = "specialsam.trial_id"
+"""A child run's key: ``baseline/<model>/<strategy>`` or ``<experiment>/<tune trial id>``."""
+
+TASK = "specialsam.task"
+DATA = "specialsam.data"
+MODEL = "specialsam.model"
+MODELS = "specialsam.models"
+PHASE = "specialsam.phase"
+SWEEP_DIR = "specialsam.sweep_dir"
+HEALTH = "specialsam.health"
+FAILURE = "specialsam.failure"
+STOPPED_EARLY = "specialsam.stopped_early"
+RETRIED = "specialsam.retried"
+NODE_ID = "specialsam.node_id"
+BEST_FOR_MODEL = "specialsam.best_for_model"
+EXPORT_FULL = "specialsam.export.full"
+EXPORT_TRIAL = "specialsam.export.trial"
+STUDY_TASKS = "specialsam.tasks"
+PROMPT_PROTOCOL = "specialsam.prompt_protocol"
+VERDICT_BASELINE_RULE, VERDICT_DATA_RULE = TAG_BASELINE_RULE, TAG_DATA_RULE
+"""The two overall verdicts (named with the verdict vocabulary in ``analysis.results``)."""
+
+# ------------------------------------------------------------------------------------ metrics
+TEST_MIOU = "test_miou"
+CATEGORY_PREFIX = "test_miou.cat."
+EXTRA_PREFIX = "extra_miou."
+BASE_EXTRA_PREFIX = "base_extra_miou."
+EXTRA_CHANGE_PREFIX = "extra_change."
+BASELINE_MIOU = "baseline_miou"
+GAIN = "gain"
+RETENTION_MIOU = "retention_miou"
+BASE_RETENTION_MIOU = "base_retention_miou"
+RETENTION_CHANGE = "retention_change"
+VAL_MIOU = "val_miou"
+TRAIN_LOSS = "train_loss"
+BEST_VAL_MIOU = "best_val_miou"
+TRIAL_SECONDS = "trial_seconds"
+STEPS = "steps"
+SKIPPED_EMPTY = "skipped_empty"
+
+# ---------------------------------------------------------------------------------- artifacts
+PER_IMAGE_IOU = "per_image_iou.json"
+TRIAL_ARTIFACTS = (RESULT_FILE, "curves.png", "overlay.png")
+DECODER_FILE = "decoder.pt"
+
+
+def test_metric(name: str, strategy: str | None = None) -> str:
+    """``test_<name>`` on a baseline run (one strategy), ``test_<name>.<strategy>`` on a trial run."""
+    return f"test_{name}" if strategy is None else f"test_{name}.{strategy}"
+
+
+def with_prefix(metrics: Mapping[str, float], prefix: str) -> dict[str, float]:
+    """Metrics under ``prefix`` (e.g. :data:`CATEGORY_PREFIX`), keyed by the rest of the name."""
+    return {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
+
+
+# ------------------------------------------------------------------------------- parent run
+def sweep_tags(
+    task: str, data: str, primary: str, mask_selection: str, image_size: Mapping[str, int]
+) -> dict:
+    """Tags every run of a sweep carries: what was scored, and how."""
+    return {
+        TASK: task,
+        DATA: data,
+        PROMPT_PROTOCOL: f"{primary}/{mask_selection}/original-resolution",
+        "specialsam.primary_prompt": primary,
+        "specialsam.mask_selection": mask_selection,
+        "specialsam.scoring": "original-resolution",
+        "specialsam.image_size": ",".join(f"{k}={v}" for k, v in image_size.items()),
+    }
+
+
+def parent_tags(common: Mapping[str, str], sweep_dir: str, models: list[str]) -> dict:
+    return {**common, ROLE: ROLE_SWEEP, SWEEP_DIR: sweep_dir, MODELS: ",".join(models)}
+
+
+# ------------------------------------------------------------------------------ baseline runs
+def baseline_key(model: str, strategy: str) -> str:
+    return f"baseline/{model}/{strategy}"
+
+
+def baseline_run_name(model: str, strategy: str) -> str:
+    return f"baseline-{model}-{strategy}"
+
+
+def baseline_tags(common: Mapping[str, str], model: str, scores: Scores) -> dict:
+    return {
+        **common,
+        ROLE: ROLE_BASELINE,
+        TRIAL_ID: baseline_key(model, scores.protocol.strategy),
+        MODEL: model,
+        **scores.protocol.tags(),
+        PROMPT_PROTOCOL: scores.protocol.label(),
+    }
+
+
+def baseline_params(model: str, strategy: str) -> dict:
+    return {"model": model, "strategy": strategy}
+
+
+def baseline_metrics(scores: Scores, retention: float | None, extra: Mapping[str, float]) -> dict:
+    """One strategy's zero-shot scores; ``retention`` and ``extra`` only on the primary strategy's run."""
+    metrics = {
+        TEST_MIOU: scores.miou,
+        **{test_metric(k): v for k, v in scores.means.items() if k != "iou"},
+        **{CATEGORY_PREFIX + c: v for c, v in scores.per_category.items()},
+        SKIPPED_EMPTY: scores.skipped_empty,
+    }
+    if retention is not None:
+        metrics[RETENTION_MIOU] = retention
+    metrics.update({EXTRA_PREFIX + k: v for k, v in extra.items()})
+    return metrics
+
+
+def per_image_json(scores: Scores) -> dict[str, Any]:
+    """What :data:`PER_IMAGE_IOU` holds: the paired per-image IoU the rules read back."""
+    return {"iou": scores.per_image_iou.tolist(), "keys": scores.keys}
+
+
+# --------------------------------------------------------------------------------- trial runs
+def trial_key(experiment: str, tune_trial_id: str) -> str:
+    return f"{experiment}/{tune_trial_id}"
+
+
+def trial_run_name(phase: str, model: str, n_train: int, seed: int, tune_trial_id: str) -> str:
+    return f"{phase}-{model}-n{n_train}-s{seed}-{tune_trial_id}"
+
+
+def trial_tags(common: Mapping[str, str], key: str, phase: str, model: str) -> dict:
+    return {**common, ROLE: ROLE_TRIAL, TRIAL_ID: key, PHASE: phase, MODEL: model}
+
+
+def epoch_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """The per-epoch curve a trial reports to Tune, as logged at step = epoch."""
+    return {TRAIN_LOSS: result[TRAIN_LOSS], VAL_MIOU: result[VAL_MIOU]}
+
+
+def final_report(record: TrialRecord) -> dict[str, float]:
+    """A finished trial's last Tune report: validation mIoU (what the searcher and ASHA read) and
+    test mIoU per strategy (shown in Tune's tables, never used to select)."""
+    out = {VAL_MIOU: record.best_val_miou, "final": 1, TRIAL_SECONDS: record.trial_seconds}
+    nan = float("nan")
+    out.update(
+        {test_metric("miou", s): sc.miou if sc.miou is not None else nan for s, sc in record.test.items()}
+    )
+    return out
+
+
+def failed_tags(reason: str) -> dict:
+    return {FAILURE: reason, HEALTH: "failed"}
+
+
+def trial_result_tags(record: TrialRecord) -> dict:
+    return {
+        HEALTH: record.health,
+        STOPPED_EARLY: str(record.stopped_early).lower(),
+        NODE_ID: record.node_id,
+    }
+
+
+def trial_metrics(
+    record: TrialRecord,
+    primary: str,
+    baseline_miou: float | None,
+    base_retention: float | None,
+    base_extra: Mapping[str, float],
+) -> dict[str, float]:
+    """A finished trial's metrics; gains are against its model's baseline on the primary strategy."""
+    metrics: dict[str, float] = {
+        test_metric("miou", s): sc.miou for s, sc in record.test.items() if sc.miou is not None
+    }
+    for s, sc in record.test.items():
+        metrics.update({test_metric(m, s): x for m, x in sc.means.items() if m != "iou"})
+    primary_miou = metrics.get(test_metric("miou", primary))
+    if baseline_miou is not None and primary_miou is not None:
+        metrics[BASELINE_MIOU] = baseline_miou
+        metrics[GAIN] = primary_miou - baseline_miou
+    metrics[TRIAL_SECONDS] = record.trial_seconds
+    metrics[BEST_VAL_MIOU] = record.best_val_miou
+    metrics[STEPS] = record.steps
+    if record.retention_miou is not None:
+        metrics[RETENTION_MIOU] = record.retention_miou
+        if base_retention is not None:
+            metrics[BASE_RETENTION_MIOU] = base_retention
+            metrics[RETENTION_CHANGE] = record.retention_miou - base_retention
+    for name, v in record.extra_miou.items():
+        metrics[EXTRA_PREFIX + name] = v
+        if name in base_extra:
+            metrics[BASE_EXTRA_PREFIX + name] = base_extra[name]
+            metrics[EXTRA_CHANGE_PREFIX + name] = v - base_extra[name]
+    if primary in record.test:
+        metrics.update({CATEGORY_PREFIX + c: v for c, v in record.test[primary].per_category.items()})
+    return metrics
+
+
+# --------------------------------------------------------------------------------- study run
+def study_tags(baseline_verdict: str, tasks: list[str]) -> dict:
+    return {ROLE: ROLE_STUDY, VERDICT_BASELINE_RULE: baseline_verdict, STUDY_TASKS: ",".join(tasks)}
+
+
+def study_metrics(task: str, model: str, gain: float, baseline: float) -> dict[str, float]:
+    return {f"gain.{task}.{model}": gain, f"baseline.{task}.{model}": baseline}

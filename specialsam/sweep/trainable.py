@@ -1,0 +1,183 @@
+"""The Tune trainable: one trial of a sweep, inside a Ray worker process.
+
+Tune's ``config`` holds only what the trial varies: the searched values (phase A) and its axes
+``model``, ``n_train``, ``seed``. Everything shared arrives once per phase as a
+:class:`SweepContext` through ``tune.with_parameters``. A trial reads its model's pack and the
+embedding cache (the encoder never runs here), runs ``finetune.pipeline.specialise``, reports each
+epoch's validation mIoU to Tune (ASHA and the searcher read it) and leaves its record, decoder
+weights and pictures in its Tune checkpoint for the driver to log.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray import tune
+
+from specialsam.config import TrainSettings, train_config
+from specialsam.finetune.cache import EmbeddingCache
+from specialsam.finetune.pack import Pack
+from specialsam.finetune.pipeline import Scoring
+from specialsam.finetune.records import TrialRecord
+from specialsam.finetune.train import SEARCHABLE
+from specialsam.sweep import mlflow_runs as names
+
+AXES = ("model", "n_train", "seed")
+"""The trial's own axes in Tune's ``config`` (beside the searched values)."""
+
+
+@dataclass
+class SweepContext:
+    """What every trial of one phase shares (sent once to the object store, not per trial)."""
+
+    phase: str  # "tune" (phase A) or "curve" (phase B)
+    packs: dict[str, str]  # model -> pack folder
+    cache_dir: str
+    scoring: Scoring
+    train: TrainSettings  # the shared training settings of this phase
+    threads: int = 1
+    best: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> phase A's best values
+    precision: str = "auto"
+    fault: dict | None = None  # test hooks (see ``_maybe_inject_fault``)
+
+    def params(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The trial's hyperparameters: its model's best values, overridden by searched ones."""
+        return {**self.best.get(config["model"], {}), **{k: config[k] for k in SEARCHABLE if k in config}}
+
+
+def trainable(config: dict[str, Any], ctx: SweepContext) -> None:
+    """One trial: fine-tune ``config['model']``'s decoder from its pack, report to Tune."""
+    from specialsam.device import select_device
+    from specialsam.finetune.pipeline import specialise, trial_record
+    from specialsam.finetune.train import TrainingFailed
+
+    torch.set_num_threads(max(1, int(ctx.threads)))
+    pack = Pack(ctx.packs[config["model"]], EmbeddingCache(ctx.cache_dir))
+    sam = pack.headless_model()
+    dev = select_device(precision=ctx.precision).for_decoder(sam.mask_decoder.transformer_dim)
+    params = ctx.params(config)
+    cfg = train_config(ctx.train, params, config["n_train"], config["seed"])
+    fault = ctx.fault or {}
+    if _fault_matches(fault.get("nan"), config):  # test hook: a learning rate that must blow up
+        cfg.lr, cfg.grad_clip = 1e30, 0.0
+    thumbs = OverlayThumbs(sam, pack, ctx.scoring)
+    base_thumbs = thumbs.predict()
+    try:
+        out = specialise(
+            sam,
+            pack,
+            cfg,
+            ctx.scoring,
+            dev,
+            on_epoch=report_epoch,
+            fault_hook=lambda step: _maybe_inject_fault(fault, config, step),
+        )
+    except TrainingFailed as exc:
+        tune.report({names.VAL_MIOU: 0.0, "failed": str(exc), "final": 1})
+        return
+    record = trial_record(
+        out, params, ctx.phase, cfg, config["model"], ray.get_runtime_context().get_node_id()
+    )
+    with tempfile.TemporaryDirectory() as d:
+        write_checkpoint(Path(d), record, sam, thumbs, base_thumbs)
+        tune.report(names.final_report(record), checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def report_epoch(epoch: int, m: dict[str, float]) -> None:
+    tune.report(
+        {
+            names.VAL_MIOU: m["val_miou"],
+            names.TRAIN_LOSS: m["train_loss"],
+            "epoch": epoch,
+            "steps": m["steps"],
+        }
+    )
+
+
+def write_checkpoint(out: Path, record: TrialRecord, sam, thumbs: OverlayThumbs, base_thumbs) -> None:
+    """The trial's record, decoder weights, training curves and before/after overlays."""
+    from specialsam.models.headless import decoder_state
+    from specialsam.report.figures import overlay_grid, plot_training_curves
+
+    record.write(out)
+    torch.save(decoder_state(sam), out / names.DECODER_FILE)
+    n = record.params["n_train"]
+    plot_training_curves(
+        record.history, out / "curves.png", title=f"{record.model} n={n}", health=record.health
+    )
+    if thumbs.shown:
+        overlay_grid(
+            [thumbs.images[i][0] for i in thumbs.shown],
+            [thumbs.images[i][1] for i in thumbs.shown],
+            base_thumbs,
+            thumbs.predict(),
+            out / "overlay.png",
+            titles=[thumbs.test.keys[i] for i in thumbs.shown],
+        )
+
+
+class OverlayThumbs:
+    """The pack's test thumbnails and the decoder's masks on them (primary prompt), for overlays."""
+
+    def __init__(self, sam, pack: Pack, scoring: Scoring) -> None:
+        self.sam, self.scoring = sam, scoring
+        self.images = pack.thumbnails()
+        self.test = pack.split("test")
+        self.coords, self.labels, ok = self.test.prompts(scoring.primary)
+        self.shown = [i for i in range(len(self.images)) if ok[i]]
+
+    def predict(self) -> list[np.ndarray]:
+        from specialsam.models.inference import predict_masks
+        from specialsam.prompts import Prompt
+
+        if not self.shown:
+            return []
+        preds = predict_masks(
+            self.sam,
+            torch.from_numpy(self.test.embeddings(self.shown)),
+            [Prompt(self.coords[i], self.labels[i]) for i in self.shown],
+            [self.test.original_hw[i] for i in self.shown],
+            self.scoring.mask_selection,
+            prompts_in_model_frame=True,
+        )
+        return [_resize_mask(p, self.images[i][1].shape) for p, i in zip(preds, self.shown)]
+
+
+def _resize_mask(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    return cv2.resize(mask.astype(np.uint8), (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST) > 0
+
+
+# ------------------------------------------------------------------------------ test hooks
+def _fault_matches(spec: dict | None, config: dict) -> bool:
+    return bool(spec) and all(str(config.get(k)) == str(v) for k, v in spec.get("match", {}).items())
+
+
+def _maybe_inject_fault(fault: dict, config: dict, step: int) -> None:
+    """Test hooks: kill this trial's process once at a given step (a marker file makes it once);
+    or make it linger (``seconds`` at most, until ``until_file`` exists), so that tests can act
+    while several trials run at once."""
+    linger = fault.get("sleep")
+    if _fault_matches(linger, config) and step == linger.get("at_step", 1):
+        release = Path(linger["until_file"]) if linger.get("until_file") else None
+        end = time.time() + float(linger["seconds"])  # at most this long; less once released
+        while time.time() < end and not (release and release.exists()):
+            time.sleep(0.2)
+    spec = fault.get("kill")
+    if not _fault_matches(spec, config) or step != spec.get("at_step", 1):
+        return
+    marker = Path(spec["marker_dir"]) / f"killed-{config['model']}-{config['n_train']}-{config['seed']}"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(str(os.getpid()))
+    os._exit(1)
