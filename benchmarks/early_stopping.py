@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             for arm, (searcher, use_asha) in ARMS.items():
                 asha = sched.model_dump() if use_asha else None
                 name = f"{'asha' if use_asha else 'random'}-r{rep}"
-                run = h.run_phase(name, space, h.ctx("tune"), n_trials, searcher, rep, asha, None)
+                startup = max(1, n_trials // 2)  # as a sweep sets it (SweepConfig.startup_trials)
+                run = h.run_phase(name, space, h.ctx("tune"), n_trials, searcher, rep, asha, None, startup)
                 results.append({"arm": arm, "repeat": rep, **arm_result(h, run, cfg.eval.primary)})
                 r = results[-1]
                 print(

@@ -182,6 +182,7 @@ class Harness:
         searcher_seed: int = 0,
         asha: dict | None = None,
         max_concurrent: int | None = None,
+        startup_trials: int | None = None,
     ) -> PhaseRun:
         from unittest import mock
 
@@ -201,6 +202,7 @@ class Harness:
                 num_samples=num_samples,
                 searcher=searcher,
                 searcher_seed=searcher_seed,
+                startup_trials=startup_trials,
                 asha=asha,
                 max_concurrent=max_concurrent,
             )

@@ -180,6 +180,10 @@ class SchedulerSettings(_Model):
 class SearcherSettings(_Model):
     type: Literal["optuna", "random"] = "optuna"
     seed: int = 0
+    """Searcher seed; each model's search derives its own from it (``search_seed``)."""
+    n_startup_trials: int | None = Field(None, ge=1)
+    """Optuna: random trials before TPE models the results; None = half of ``search.num_samples``
+    (Optuna's own default, 10, would leave a search of 6-8 trials random)."""
 
 
 def _default_space() -> dict[str, Param]:
@@ -382,6 +386,26 @@ class SweepConfig(_Model):
         out = {k: float(v) for k, v in _train_defaults().items()}
         out["weight_decay"] = float(self.train.weight_decay)
         return out
+
+    def default_point(self) -> dict[str, float] | None:
+        """The searched parameters at their defaults (``base_params``): phase A's first trial, so the
+        report can tell whether tuning mattered; None when a default lies outside the space."""
+        point = {}
+        base = self.base_params()
+        for name, p in self.search.space.items():
+            if p.type == "fixed":
+                continue
+            v = base[name]
+            inside = v in (p.values or []) if p.type == "choice" else p.low <= v <= p.high
+            if not inside:
+                return None
+            point[name] = v
+        return point or None
+
+    def startup_trials(self) -> int:
+        """Optuna's random start: ``search.searcher.n_startup_trials``, else half the trials."""
+        given = self.search.searcher.n_startup_trials
+        return given if given is not None else max(1, self.search.num_samples // 2)
 
     def task_options(self) -> Any:
         """The task's ``Options`` instance built from ``data``."""

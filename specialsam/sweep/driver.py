@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from specialsam.analysis.results import BaselineResult
+from specialsam.analysis.results import BaselineResult, stable_seed
 from specialsam.config import SweepConfig, config_to_dict
 from specialsam.errors import UserError
 from specialsam.finetune.cache import EmbeddingCache
@@ -366,6 +366,12 @@ def run_phases(sweep: Sweep, baselines: Baselines) -> list:
     return trials
 
 
+def search_seed(cfg: SweepConfig, model: str) -> int:
+    """Each model's own searcher seed: with one seed for all, every model's search would draw the
+    same configurations (and with a short search, pick the same "best")."""
+    return stable_seed(cfg.search.searcher.seed, "search", model)
+
+
 def _phase_a(sweep: Sweep, model: str, common: dict[str, Any]) -> list:
     from specialsam.sweep import phases
 
@@ -377,9 +383,10 @@ def _phase_a(sweep: Sweep, model: str, common: dict[str, Any]) -> list:
         "n_train": search.n_train,
         "seed": cfg.curve.seeds[0],
     }
+    start = " (first: the default settings)" if cfg.default_point() else ""
     _say(
         f"phase A (tune) {model}: {search.num_samples} trials, "
-        f"{search.searcher.type} + {search.scheduler.type}",
+        f"{search.searcher.type} + {search.scheduler.type}{start}",
         sweep.opts,
     )
     trials = phases.run_phase(
@@ -388,7 +395,9 @@ def _phase_a(sweep: Sweep, model: str, common: dict[str, Any]) -> list:
         ctx=ctx,
         num_samples=search.num_samples,
         searcher=search.searcher.type,
-        searcher_seed=search.searcher.seed,
+        searcher_seed=search_seed(cfg, model),
+        startup_trials=cfg.startup_trials(),
+        start_point=cfg.default_point(),
         asha=search.scheduler.model_dump() if search.scheduler.type == "asha" else None,
         **common,
     )

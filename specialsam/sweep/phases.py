@@ -180,6 +180,8 @@ def run_phase(
     num_samples: int = 1,
     searcher: str | None = None,
     searcher_seed: int = 0,
+    startup_trials: int | None = None,
+    start_point: dict[str, float] | None = None,
     asha: dict | None = None,
     max_concurrent: int | None = None,
     max_failures: int = 2,
@@ -187,7 +189,7 @@ def run_phase(
     """Run (or resume) one Tune experiment and return its trials.
 
     ``param_space`` holds the searched values and the trials' axes only; ``ctx`` reaches every
-    trial through ``tune.with_parameters``."""
+    trial through ``tune.with_parameters``. A searcher's first trial is ``start_point`` (if given)."""
     path = f"{str(storage).rstrip('/')}/{name}"
     trainable_r = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), resources)
     callbacks = [MlflowLogger(log, ctx, name)]
@@ -204,7 +206,7 @@ def run_phase(
             tune_config=_tune_config(
                 name=name,
                 num_samples=num_samples,
-                search_alg=_search_alg(searcher, searcher_seed),
+                search_alg=search_alg(searcher, searcher_seed, startup_trials, start_point),
                 scheduler=_scheduler(asha, ctx.train.epochs),
                 max_concurrent=max_concurrent,
             ),
@@ -219,15 +221,28 @@ def run_phase(
     return [_phase_trial(name, ctx.phase, res, log) for res in grid]
 
 
-def _search_alg(searcher: str | None, seed: int):
+def search_alg(
+    searcher: str | None, seed: int, startup_trials: int | None = None, start_point: dict | None = None
+):
+    """Phase A's searcher. Optuna: multivariate TPE (lr and loss weights interact) whose random start
+    is ``startup_trials`` long, so a search of a handful of trials is modelled after half of them."""
+    points = [start_point] if start_point else None
     if searcher == "optuna":
+        import warnings
+
+        import optuna
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(metric=names.VAL_MIOU, mode="max", seed=seed)
+        with warnings.catch_warnings():  # multivariate TPE is marked experimental; it is Optuna's own
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.TPESampler(
+                n_startup_trials=startup_trials or 10, multivariate=True, seed=seed
+            )
+        return OptunaSearch(metric=names.VAL_MIOU, mode="max", sampler=sampler, points_to_evaluate=points)
     if searcher == "random":
         from ray.tune.search import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=seed)
+        return BasicVariantGenerator(random_state=seed, points_to_evaluate=points)
     return None
 
 
