@@ -211,7 +211,10 @@ def test_standin_goes_through_the_loader_with_categories():
     assert task.data == "procedural" and task.train and task.val and task.test
     assert {s.category.split("/")[0] for s in task.train} <= {"container", "soft"}
     assert "iscrowd" in " ".join(task.notes) or "min_area" in " ".join(task.notes)
-    assert all(s.image_id for s in task.test)
+    assert all(s.image_id.startswith("procedural-coco/scene_") for s in task.test)
+    again = load_task("coco", None, {"procedural_images": 30})
+    assert [(s.key, s.image_id) for s in again.train] == [(s.key, s.image_id) for s in task.train]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(again.test, task.test))
 
 
 # ------------------------------------------------------------------ bad input, one line each

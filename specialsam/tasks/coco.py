@@ -2,9 +2,10 @@
 
 **Files.** ``data.annotations`` names COCO instance json files (``images``, ``annotations``,
 ``categories``) and ``data.images`` the folders their ``file_name`` entries are relative to; both
-relative to ``--data-root``. Either one file (a string) for every split, split **by image** with
-the seed (``val_fraction``, ``test_fraction``), or one per split, ``{train: ..., val: ..., test:
-...}``; without ``val`` a seeded ``val_fraction`` of the train *images* becomes the validation split.
+relative to ``--data-root`` (the current folder without one). Either one file (a string) for every
+split, split **by image** with the seed (``val_fraction``, ``test_fraction``), or one per split,
+``{train: ..., val: ..., test: ...}``; without ``val`` a seeded ``val_fraction`` of the train
+*images* becomes the validation split.
 ``data.images`` is a string (one folder) or the same per-split mapping; unset, it is the folder of
 the annotation file. With neither set, the layout under ``--data-root`` is recognised
 (:data:`LAYOUTS`, first match): COCO 2017, TrashCan 1.0, ZeroWaste-f, TACO. The README's
@@ -35,6 +36,7 @@ folder and read through this same loader.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -518,6 +520,11 @@ def _standin(o: Options, seed: int) -> TaskData:
         splits, notes, _ = _load_files(tmp, local, seed)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    prefix = str(tmp / "images")  # the temporary folder is gone: name images by a stable id instead
+    splits = {
+        k: [dataclasses.replace(x, image_id=x.image_id.replace(prefix, "procedural-coco", 1)) for x in v]
+        for k, v in splits.items()
+    }
     notes.insert(
         0,
         "no --data-root: using the procedural stand-in (litter scenes written as a COCO json + PNGs); "
