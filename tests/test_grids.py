@@ -29,8 +29,9 @@ def test_pool_grid_doubles_up_to_the_pool():
     assert pool_grid(272, 6) == [8, 17, 34, 68, 136, 272]
     assert pool_grid(272, 4) == [34, 68, 136, 272]
     assert pool_grid(28, 2) == [14, 28]
-    assert pool_grid(10, 6) == [5, 10]  # nothing below 4 samples
-    assert pool_grid(3, 6) == [3]
+    assert pool_grid(150, 6) == [9, 18, 37, 75, 150]  # nothing below 8 samples
+    assert pool_grid(12, 6) == [12]
+    assert pool_grid(3, 6) == [3]  # a pool smaller than that is its own grid
 
 
 def test_configured_sizes_over_the_pool_are_derived_with_a_note():

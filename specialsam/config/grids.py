@@ -21,8 +21,9 @@ from specialsam.tasks import derives_n_train_grid
 
 GRID_KEYS = ("curve.n_train", "search.n_train")
 MAX_GRID_SIZES = 6
-MIN_GRID_SIZE = 4
-"""No derived size below this (a training set of 1-3 samples says nothing), unless the pool is."""
+MIN_GRID_SIZE = 8
+"""No derived size below this (half a batch or less says little about a learning curve), unless the
+pool itself is smaller."""
 
 
 def pool_grid(pool: int, n_sizes: int) -> list[int]:
