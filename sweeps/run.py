@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="sweeps/run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--task", help="carpet | wood | camouflage | folder | all")
+    ap.add_argument("--task", help="carpet | wood | camouflage | folder | coco | all")
     ap.add_argument("--tasks", help="comma list of tasks to run in turn (the study table), e.g. carpet,wood")
     ap.add_argument("--config", type=Path, help="sweep YAML (default: sweeps/<task>.yaml)")
     ap.add_argument(
@@ -102,7 +102,7 @@ def tasks_of(args: argparse.Namespace) -> list[str]:
     if args.task == "all":
         return list(STUDY_TASKS)
     if not args.task:
-        raise UserError("--task is required (carpet, wood, camouflage, folder or all)")
+        raise UserError("--task is required (carpet, wood, camouflage, folder, coco or all)")
     return [args.task]
 
 

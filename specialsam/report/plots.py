@@ -5,6 +5,7 @@ Reads analysis results only (``BaselineRuleReport``, ``DataRuleReport``); called
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ from matplotlib.figure import Figure
 if TYPE_CHECKING:
     from specialsam.analysis.baseline_rule import BaselineRuleReport
     from specialsam.analysis.data_rule import DataRuleReport
+    from specialsam.analysis.summaries import BreakdownRow
 
 _MARKERS = "osD^v<>Pph*X"
 
@@ -125,4 +127,31 @@ def plot_learning_curve(report: DataRuleReport, path: Path, title: str = "learni
     ax.set_ylabel(f"test mIoU ({report.primary_prompt} prompt)")
     ax.set_title(f"{title} (data rule: {report.verdict}); dotted: n95")
     ax.legend(fontsize=7, loc="best")
+    return _save(fig, path)
+
+
+def plot_category_bars(rows: Sequence[BreakdownRow], path: Path, title: str = "mIoU per category") -> Path:
+    """Test mIoU per category, base decoder vs the specialised one, one panel per model (the
+    annotation benchmark's per-category plot). ``rows``: ``analysis.summaries.category_breakdown``;
+    a missing value draws no bar. The figure grows with the number of categories."""
+    models = sorted({r.model for r in rows})
+    cats = sorted({r.name for r in rows})
+    height = 1.2 + 0.28 * max(len(cats), 1)
+    fig = Figure(figsize=(7.0, height * max(len(models), 1)), dpi=110)
+    FigureCanvasAgg(fig)
+    colors = _colors(models)
+    y = np.arange(len(cats))
+    for k, model in enumerate(models or [""]):
+        ax = fig.add_subplot(max(len(models), 1), 1, k + 1)
+        by_cat = {r.name: r for r in rows if r.model == model}
+        for offset, what, color in ((-0.2, "base", "0.6"), (0.2, "specialised", colors.get(model, "C0"))):
+            vals = [getattr(by_cat.get(c), what, None) for c in cats]
+            ys = [yi + offset for yi, v in zip(y, vals) if v is not None]
+            ax.barh(ys, [v for v in vals if v is not None], height=0.38, color=color, label=what)
+        ax.set_yticks(y, cats, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("test mIoU")
+        ax.set_title(f"{title}: {model}" if model else title)
+        ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)

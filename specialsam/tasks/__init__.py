@@ -5,7 +5,9 @@ Each task module exposes ``Options`` (a dataclass of its ``data:`` settings, wit
 module returns its procedural stand-in, labelled ``data="procedural"``. A given but missing or
 malformed root is a ``UserError``, never a silent fallback, and so is an empty train, val or test
 split (``load_task`` checks; a module may say what to do in ``EMPTY_SPLIT_REMEDY``, and what to do
-when a sweep wants more training samples than it has in ``N_TRAIN_REMEDY``).
+when a sweep wants more training samples than it has in ``N_TRAIN_REMEDY``). A module with a fixed
+real pool sets ``DERIVE_N_TRAIN_GRID = True``: a sweep then derives its training sizes from the pool
+(``specialsam.config.grids``) instead of failing.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ TASKS: dict[str, str] = {
     "wood": "specialsam.tasks.wood",  # wood-texture mosaics
     "camouflage": "specialsam.tasks.camouflage",  # COD10K-v3 (+ CAMO/CHAMELEON/NC4K test sets)
     "folder": "specialsam.tasks.folder",  # bring your own: images/ + masks/
+    "coco": "specialsam.tasks.coco",  # COCO-format instance json (COCO 2017, TrashCan, TACO, ZeroWaste-f)
 }
 
 
@@ -64,3 +67,9 @@ def load_task(
 def n_train_remedy(name: str) -> str:
     """What a user of task ``name`` can do when a sweep asks for more training samples than exist."""
     return getattr(task_module(name), "N_TRAIN_REMEDY", GENERIC_N_TRAIN_REMEDY)
+
+
+def derives_n_train_grid(name: str) -> bool:
+    """Whether task ``name`` has a fixed real training pool from which a sweep derives its training
+    sizes when the configured ones are larger (``DERIVE_N_TRAIN_GRID``; see config.grids)."""
+    return bool(getattr(task_module(name), "DERIVE_N_TRAIN_GRID", False))

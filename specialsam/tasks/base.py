@@ -13,6 +13,7 @@ Loaders raise :func:`empty_split_error` while loading, before a sweep writes any
 from __future__ import annotations
 
 import hashlib
+import weakref
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -35,13 +36,38 @@ class Sample:
     """H x W bool; the object the prompt points at."""
     category: str = ""
     """Optional group for per-category metrics (MVTec defect type, COD10K super-class...)."""
+    image_id: str = ""
+    """Which image the sample comes from when one image carries several samples (COCO instances,
+    split instance masks): samples sharing it share the image array, its content hash and so its
+    one embedding-cache entry. Empty: the sample is its own image (``key`` identifies it)."""
 
     def image_hash(self) -> str:
-        """Content hash of the image: the embedding cache key, so a changed file is never stale."""
-        h = hashlib.sha256()
-        h.update(str(self.image.shape).encode())
-        h.update(np.ascontiguousarray(self.image).tobytes())
-        return h.hexdigest()[:32]
+        """Content hash of the image: the embedding cache key, so a changed file is never stale.
+
+        Instances of one image share one array, so the hash is computed once per array
+        (remembered while the array lives), not once per instance."""
+        return _array_hash(self.image)
+
+
+_HASHES: dict[int, tuple[weakref.ref, str]] = {}
+"""id(array) -> (weak reference to it, content hash); an entry leaves when its array dies."""
+
+
+def _array_hash(image: np.ndarray) -> str:
+    hit = _HASHES.get(id(image))
+    if hit is not None and hit[0]() is image:
+        return hit[1]
+    h = hashlib.sha256()
+    h.update(str(image.shape).encode())
+    h.update(np.ascontiguousarray(image).tobytes())
+    digest = h.hexdigest()[:32]
+    key = id(image)
+    try:
+        ref = weakref.ref(image, lambda _r, k=key: _HASHES.pop(k, None))
+    except TypeError:  # not weak-referenceable (never for ndarrays): just do not remember it
+        return digest
+    _HASHES[key] = (ref, digest)
+    return digest
 
 
 @dataclass

@@ -66,6 +66,8 @@ from specialsam.tasks.splits import (
 LOSSY_SUFFIXES = (".jpg", ".jpeg", ".webp")
 N_TRAIN_REMEDY = "add images and masks, or move rows of splits.csv to train"
 """What to do when the sweep asks for more training samples than the folder's train split has."""
+DERIVE_N_TRAIN_GRID = True
+"""A fixed real pool: a sweep asking for more derives its training sizes from the pool instead."""
 EMPTY_SPLIT_REMEDY = (
     "set data.val_fraction and data.test_fraction above 0, or add val and test rows to splits.csv"
 )
