@@ -107,7 +107,7 @@ def build_packs(cfg: SweepConfig, root: Path) -> tuple[Any, dict[str, tuple[Any,
     from specialsam.finetune.pack import build_pack, model_identity
     from specialsam.sweep.driver import RunOptions, pack_settings, prepare, retention_set
 
-    task, models = prepare(cfg, RunOptions(cwd=root))
+    cfg, task, models = prepare(cfg, RunOptions(cwd=root))
     t0 = time.perf_counter()
     for name, (sam, info) in models.items():
         build_pack(

@@ -15,6 +15,7 @@ SCRIPT = "sweeps/run.py"
 
 def run_cli(args: argparse.Namespace, tasks: list[str], overrides: list[str]) -> int:
     from specialsam.config import default_config_path, load_config
+    from specialsam.config.grids import set_keys
     from specialsam.sweep.driver import run_sweep
     from specialsam.sweep.finish import analyze_only
     from specialsam.sweep.outputs import RunOptions, mlflow_ui_hint
@@ -42,7 +43,8 @@ def run_cli(args: argparse.Namespace, tasks: list[str], overrides: list[str]) ->
         resume=args.resume,
         plan=args.plan,
         export_dir=args.export_dir,
-        # test hook for fault injection (see specialsam.sweep.phases._maybe_inject_fault); never set by users
+        set_keys=set_keys(overrides),
+        # test hook for fault injection (sweep.trainable._maybe_inject_fault); never set by users
         fault=json.loads(os.environ.get("SPECIALSAM_TEST_FAULTS", "null")),
     )
     if args.analyze_only:

@@ -103,3 +103,23 @@ def test_one_encoder_pass_per_image_when_images_have_several_instances(tmp_path)
     assert cache.encoder_calls == 2 * n_images["train"] + n_images["val"] + n_images["test"]
     build_pack(task, sam, ident, cache, settings, progress=False)
     assert cache.encoder_calls == 2 * n_images["train"] + n_images["val"] + n_images["test"]
+
+
+def test_the_sweep_command_fits_a_40_image_folder_and_refuses_an_explicit_size(tmp_path):
+    """Through ``sweeps/run.py`` (``--plan``: the whole input path, nothing run): configured sizes
+    are fitted with one note line; an explicit ``--set`` size over the pool is one line, exit 2."""
+    import subprocess
+    import sys
+
+    root = _folder(tmp_path / "data", 40)
+    repo = Path(__file__).resolve().parent.parent
+    base = [sys.executable, str(repo / "sweeps" / "run.py"), "--task", "folder", "--data-root", str(root)]
+    env_cwd = {"cwd": tmp_path, "capture_output": True, "text": True, "timeout": 300}
+    ok = subprocess.run([*base, "--smoke", "--plan"], **env_cwd)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    notes = [ln for ln in ok.stdout.splitlines() if "fewer than the configured" in ln]
+    assert len(notes) == 1 and "curve.n_train" in notes[0]
+    bad = subprocess.run([*base, "--plan", "--set", "curve.n_train=[16, 400]"], **env_cwd)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "asks for 400" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()

@@ -69,20 +69,26 @@ def retention_set(cfg: SweepConfig) -> list:
 
 def prepare(cfg: SweepConfig, opts: RunOptions):
     """Load and check everything user-controlled; no side effects beyond reading (so a bad dataset,
-    an empty split included, fails before any MLflow run or sweep folder exists)."""
+    an empty split included, fails before any MLflow run or sweep folder exists).
+
+    Returns the config with training sizes fitted to the task's data (``config.grids``), the
+    task and the models."""
+    from specialsam.config.grids import fit_n_train
     from specialsam.tasks import n_train_remedy
 
     task = load_task(cfg.task, cfg.data_root, cfg.data, cfg.seed)
-    max_n = max([*cfg.curve.n_train, cfg.search.n_train])
+    cfg, note = fit_n_train(cfg, len(task.train), opts.set_keys)
+    if note:
+        task.notes.append(note)
     task.keep_first_train(
-        max_n, "n_train", f"lower curve.n_train / search.n_train or {n_train_remedy(cfg.task)}"
+        cfg.max_n_train(), "n_train", f"lower curve.n_train / search.n_train or {n_train_remedy(cfg.task)}"
     )
     models = {}
     for name in cfg.models:
         models[name] = load_model(
             name, checkpoint_dir=opts.checkpoint_dir, allow_unverified=opts.allow_unverified
         )
-    return task, models
+    return cfg, task, models
 
 
 # ----------------------------------------------------------------------------- the sweep's state
@@ -171,12 +177,12 @@ def prepare_sweep(cfg: SweepConfig, opts: RunOptions) -> Sweep:
     uri = resolve_tracking_uri(opts.tracking_uri, opts.cwd)
     check_outputs(cfg, opts, uri)
     folder, state = sweep_dir(cfg, opts)
+    cfg, task, models = prepare(cfg, opts)
     if state is not None and state["config"] != json.loads(json.dumps(config_to_dict(cfg))):
         raise UserError(
             f"--resume: the config differs from the one sweep {folder.name} started with; "
             "resume with the same config and --set values, or start a new sweep"
         )
-    task, models = prepare(cfg, opts)
     for line in task.notes:
         _say(f"note: {line}", opts)
     cache = EmbeddingCache(cache_root(cfg, opts)[0])

@@ -34,6 +34,9 @@ class RunOptions:
     export_dir: str | None = None
     cwd: Path = field(default_factory=Path.cwd)
     fault: dict | None = None  # test hook, forwarded to trials
+    set_keys: frozenset[str] = frozenset()
+    """Settings given on the command line (``--set``): a training size there that exceeds the data
+    is an error, a configured one is fitted to the data (``config.grids``)."""
     quiet: bool = False
 
 

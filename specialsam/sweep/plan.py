@@ -120,12 +120,13 @@ def make_plan(cfg: SweepConfig, task, models, cache: EmbeddingCache, parallel: f
     extras = [x for v in getattr(task, "extra_tests", {}).values() for x in v]
     samples = list(task.train) + list(task.val) + list(task.test) + extras
     n_ret = cfg.eval.retention_n
-    hashes = [s.image_hash() for s in samples]
+    hashes = {s.image_hash() for s in samples}  # instances of one image share its encoder pass
+    flips = len({s.image_hash() for s in task.train}) * int(cfg.train.flip)
     for name, (sam, info) in models.items():
         ident = model_identity(sam, name, info.sha256)
         todo = sum(not cache.has(ident.key(h)) for h in hashes)
-        images = len(samples) + len(task.train) * int(train.flip) + n_ret
-        todo += len(task.train) * int(train.flip) + n_ret  # flips/retention: counted, not checked
+        images = len(hashes) + flips + n_ret
+        todo += flips + n_ret  # flips/retention: counted, not checked
         fam = family(name)
         per_trial_a = trial_samples(
             cfg.search.n_train, train.epochs, train.max_steps, train.batch_size, train.flip
