@@ -324,6 +324,7 @@ def test_write_report_files_verdicts_and_summary(tmp_path):
     )  # fmt: skip
     for path in (files.report_md, files.gain_plot, files.curve_plot):
         assert path.exists() and path.stat().st_size > 0
+    assert files.category_plot is None and files.plots == [files.gain_plot, files.curve_plot]
     for path in (files.gain_plot, files.curve_plot):
         assert path.read_bytes()[:8] == PNG_MAGIC
         img = imread(path)
@@ -370,4 +371,6 @@ def test_extra_sets_and_categories_compare_base_with_the_selected_config(tmp_pat
     files = write_report(tmp_path, "wood", "procedural", xb, xt, n_boot=200, n_boot_curve=50)
     md = files.report_md.read_text()
     assert "## Extra test sets" in md and "## Per category" in md
+    assert files.category_plot in files.plots and files.category_plot.name in md
+    assert imread(files.category_plot).std() > 0
     assert f"| {model} | hard | 0.500 | 0.600" in md and "+0.100" in md

@@ -1,4 +1,4 @@
-"""The rules report: ``write_report`` analyses the results, then writes ``report.md`` and its two plots.
+"""The rules report: ``write_report`` analyses the results, then writes ``report.md`` and its plots.
 
 The one place that turns analysis results (``specialsam.analysis``) into files: the markdown, one
 section per function below, and the plots drawn by ``specialsam.report.plots``. The sweep logs what
@@ -31,6 +31,8 @@ from specialsam.analysis.summaries import (
 )
 from specialsam.report import plots
 
+CATEGORY_PLOT = "category_bars.png"
+
 
 @dataclass
 class ReportFiles:
@@ -42,6 +44,13 @@ class ReportFiles:
     baseline_report: BaselineRuleReport
     data_report: DataRuleReport
     summary: list[dict[str, Any]]
+    category_plot: Path | None = None
+    """Per-category bars (base vs specialised); None when the report has no per-category table."""
+
+    @property
+    def plots(self) -> list[Path]:
+        """Every plot written beside ``report.md`` (what the sweep logs with it)."""
+        return [p for p in (self.gain_plot, self.curve_plot, self.category_plot) if p is not None]
 
     @property
     def tags(self) -> dict[str, str]:
@@ -215,6 +224,8 @@ def _breakdown_sections(
             f"Test mIoU per category (primary prompt, {primary_prompt}): where the gain comes from.",
             "",
             *_breakdown_table(categories, "category"),
+            "",
+            f"![per category]({CATEGORY_PLOT})",
         ]
     return out
 
@@ -254,7 +265,8 @@ def write_report(
     seed: int = 0,
     protocol: Mapping[str, Any] | None = None,
 ) -> ReportFiles:
-    """Analyse, then write ``report.md``, ``gain_vs_baseline.png`` and ``learning_curve.png``."""
+    """Analyse, then write ``report.md``, ``gain_vs_baseline.png``, ``learning_curve.png`` and, when
+    there is a per-category table, ``category_bars.png`` beside it."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     br = baseline_rule(baselines, trials, threshold, primary_prompt, n_boot, seed)
@@ -273,4 +285,9 @@ def write_report(
     curve_plot = plots.plot_learning_curve(
         dr, out_dir / "learning_curve.png", title=f"{task}: learning curve"
     )
-    return ReportFiles(report_md, gain_plot, curve_plot, br.verdict, dr.verdict, br, dr, summary_rows(br, dr))
+    cat_plot = None
+    if categories:
+        cat_plot = plots.plot_category_bars(categories, out_dir / CATEGORY_PLOT, f"{task}: mIoU per category")
+    return ReportFiles(
+        report_md, gain_plot, curve_plot, br.verdict, dr.verdict, br, dr, summary_rows(br, dr), cat_plot
+    )

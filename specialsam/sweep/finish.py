@@ -99,7 +99,7 @@ def finish_report(
                 "data": data_kind,
             },
         )
-        for f in (rep.report_md, rep.gain_plot, rep.curve_plot):
+        for f in (rep.report_md, *rep.plots):
             tracker.log_artifact(parent, f, "rules")
         summary = format_summary(rep.summary)
     tracker.set_tags(parent, rep.tags)
