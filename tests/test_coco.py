@@ -152,14 +152,15 @@ def test_polygon_and_both_rles_decode_to_their_masks(tmp_path):
     assert (poly & rect).sum() / (poly | rect).sum() > 0.85  # polygon edges rasterise to +-1 px
 
 
-def test_instances_of_an_image_share_its_array_and_identity(tmp_path):
+def test_instances_of_an_image_share_its_source_and_identity(tmp_path):
     zerowaste(tmp_path)
     task = load_task("coco", tmp_path)
     by_image: dict[str, list] = {}
     for s in task.train:
         by_image.setdefault(s.image_id, []).append(s)
     for group in by_image.values():
-        assert all(s.image is group[0].image for s in group)
+        assert all(s.source is group[0].source for s in group)  # one image, decoded on demand
+        assert not group[0].source.in_memory and np.array_equal(group[0].image, group[-1].image)
         assert len({s.image_hash() for s in group}) == 1
     # training order mixes images (a batch is not one image's instances)
     firsts = [s.image_id for s in task.train[:6]]

@@ -27,10 +27,12 @@ import os
 import shutil
 import sys
 import tempfile
+import zipfile
 import zlib
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 
 import cv2
@@ -50,8 +52,8 @@ from specialsam.finetune.cache import (
 )
 from specialsam.models.headless import build_headless, decoder_state, load_decoder_state
 from specialsam.models.inference import model_side
-from specialsam.prompts import Prompt, make_prompt, to_model_coords
-from specialsam.tasks.base import Sample, TaskData
+from specialsam.prompts import make_prompt, to_model_coords
+from specialsam.tasks.base import ImageSource, MaskSource, Sample, SampleImages, TaskData
 
 PACK_VERSION = 4
 """4: the manifest carries file digests, its own digest and per-row mask CRCs (older packs are
@@ -63,11 +65,16 @@ N_THUMBS = 6
 THUMB_SIDE = 256
 
 
+def _hflip(source: ImageSource | MaskSource) -> np.ndarray:
+    return np.ascontiguousarray(source.pixels()[:, ::-1])
+
+
 def flipped(sample: Sample) -> Sample:
+    """The mirrored sample, decoded (and mirrored) only when its pixels are read."""
     return Sample(
         key=f"{sample.key}#hflip",
-        image=np.ascontiguousarray(sample.image[:, ::-1]),
-        mask=np.ascontiguousarray(sample.mask[:, ::-1]),
+        image=ImageSource(partial(_hflip, sample.source)),
+        mask=MaskSource(partial(_hflip, sample.mask_source)),
         category=sample.category,
     )
 
@@ -197,31 +204,18 @@ def _fill_cache(
             f"(e.g. {cache.entry_path(corrupt[0])}) removed; re-encoding"
         )
     if (missing or corrupt) and precompute is not None:
-        precompute([s.image for v in splits.values() for s in v], [h for v in hashes.values() for h in v])
+        every = [s for v in splits.values() for s in v]
+        precompute(SampleImages(every), [h for v in hashes.values() for h in v])
     for name, samples in splits.items():
         cache.precompute(
             sam,
             identity,
-            [s.image for s in samples],
+            SampleImages(samples),
             hashes[name],
             progress=progress,
             desc=f"encoding {name}",
         )
     return keys
-
-
-def _eval_prompts(samples: Sequence[Sample], strategy: str, side: int):
-    rng = np.random.default_rng(EVAL_PROMPT_SEED)
-    prompts: list[Prompt | None] = [make_prompt(s.mask, strategy, rng) for s in samples]
-    ok = [p is not None for p in prompts]
-    k = next((len(p.labels) for p in prompts if p is not None), 2)
-    coords = np.zeros((len(samples), k, 2), np.float32)
-    labels = np.full((len(samples), k), -1, np.int64)
-    for i, (p, s) in enumerate(zip(prompts, samples)):
-        if p is not None:
-            coords[i] = to_model_coords(p, s.mask.shape, side)
-            labels[i] = p.labels
-    return coords, labels, np.array(ok)
 
 
 def _pack_splits(
@@ -258,6 +252,60 @@ def _pack_ident(
     ).hexdigest()[:24]
 
 
+class _RowWriter:
+    """Writes a ``.npy`` of ``(n, res, res)`` uint8 rows one row at a time (as ``np.save`` would
+    write the stacked array), so a 20,000-sample split never stands in memory."""
+
+    def __init__(self, path: Path, shape: tuple[int, int, int]) -> None:
+        self.f = open(path, "wb")  # noqa: SIM115 - closed by close()
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False}
+        np.lib.format.write_array_header_1_0(self.f, {**header, "shape": shape})
+        self.crc32: list[int] = []
+
+    def write(self, row: np.ndarray) -> None:
+        data = np.ascontiguousarray(row, np.uint8).tobytes()
+        self.f.write(data)
+        self.crc32.append(zlib.crc32(data))
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class _GtWriter:
+    """``np.savez_compressed``'s layout (``m<i>.npy`` members, deflated), written member by member."""
+
+    def __init__(self, path: Path) -> None:
+        self.zf = zipfile.ZipFile(path, mode="w", compression=zipfile.ZIP_DEFLATED, allowZip64=True)
+
+    def add(self, name: str, arr: np.ndarray) -> None:
+        with self.zf.open(f"{name}.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
+
+    def __enter__(self) -> _GtWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.zf.close()
+
+
+def _split_strategies(name: str, settings: PackSettings) -> tuple[str, ...]:
+    """The evaluation prompts a split carries: none for train, the primary for val, all for test sets."""
+    if name == "train":
+        return ()
+    return settings.strategies if name in ("test", "retention") else (settings.primary,)
+
+
+def _prompt_arrays(prompts: list[tuple[np.ndarray, np.ndarray] | None]):
+    """(coords, labels, ok) arrays of one strategy's prompts (None: an empty mask, no prompt)."""
+    k = next((len(p[1]) for p in prompts if p is not None), 2)
+    coords = np.zeros((len(prompts), k, 2), np.float32)
+    labels = np.full((len(prompts), k), -1, np.int64)
+    for i, p in enumerate(prompts):
+        if p is not None:
+            coords[i], labels[i] = p
+    return coords, labels, np.array([p is not None for p in prompts])
+
+
 def _write_split(
     tmp: Path,
     name: str,
@@ -268,29 +316,39 @@ def _write_split(
     res: int,
 ) -> dict:
     """Write one split's masks, evaluation prompts and full-resolution ground truth into ``tmp``;
-    returns its manifest entry."""
-    masks, valid = zip(*(frame_mask(s.mask, res) for s in samples)) if samples else ((), ())
-    stacked = np.stack(masks) if masks else np.zeros((0, res, res), np.uint8)
-    np.save(tmp / f"{name}_masks.npy", stacked)
-    entry = {
+    returns its manifest entry. One pass, one mask decoded at a time (masks may live in files)."""
+    strategies = _split_strategies(name, settings)
+    rngs = {st: np.random.default_rng(EVAL_PROMPT_SEED) for st in strategies}  # one stream per strategy
+    prompts: dict[str, list] = {st: [] for st in strategies}
+    original, valid = [], []
+    with_gt = name in ("test", "retention") or name.startswith(EXTRA_PREFIX)
+    rows = _RowWriter(tmp / f"{name}_masks.npy", (len(samples), res, res))
+    try:
+        with _GtWriter(tmp / f"{name}_gt.npz") if with_gt else nullcontext() as gt:
+            for i, s in enumerate(samples):
+                mask = s.mask
+                row, hw = frame_mask(mask, res)
+                rows.write(row)
+                original.append(list(mask.shape))
+                valid.append(list(hw))
+                for st in strategies:
+                    p = make_prompt(mask, st, rngs[st])
+                    prompts[st].append(p and (to_model_coords(p, mask.shape, side), p.labels))
+                if gt is not None:
+                    gt.add(f"m{i}", np.packbits(mask))
+    finally:
+        rows.close()
+    for st in strategies:
+        coords, labels, ok = _prompt_arrays(prompts[st])
+        np.savez(tmp / f"{name}_prompts_{st}.npz", coords=coords, labels=labels, ok=ok)
+    return {
         "keys": [s.key for s in samples],
         "emb": emb_keys,
         "categories": [s.category for s in samples],
-        "original_hw": [list(s.mask.shape) for s in samples],
-        "valid_hw": [list(v) for v in valid],
-        "mask_crc32": [zlib.crc32(m.tobytes()) for m in stacked],
+        "original_hw": original,
+        "valid_hw": valid,
+        "mask_crc32": rows.crc32,
     }
-    if name == "train":
-        return entry
-    strategies = settings.strategies if name in ("test", "retention") else (settings.primary,)
-    for strat in strategies:
-        coords, labels, ok = _eval_prompts(samples, strat, side)
-        np.savez(tmp / f"{name}_prompts_{strat}.npz", coords=coords, labels=labels, ok=ok)
-    if name in ("test", "retention") or name.startswith(EXTRA_PREFIX):
-        np.savez_compressed(
-            tmp / f"{name}_gt.npz", **{f"m{i}": np.packbits(s.mask) for i, s in enumerate(samples)}
-        )
-    return entry
 
 
 def _write_pack(

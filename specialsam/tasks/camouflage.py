@@ -55,9 +55,7 @@ from specialsam.tasks.io import (
     DEFAULT_MAX_PIXELS,
     check_max_pixels,
     list_images,
-    read_image,
-    read_mask,
-    resize_pair,
+    streamed_pair,
 )
 from specialsam.tasks.procedural.camouflage import TRAIN_BACKGROUNDS, camouflage_scene
 from specialsam.tasks.splits import (
@@ -184,15 +182,20 @@ def _load_pairs(
     """Samples from (image, mask) pairs; returns them and how many empty masks were skipped."""
     out, empty = [], 0
     for img_path, mask_path in pairs:
-        image = read_image(img_path, options.max_pixels)
-        mask = read_mask(mask_path, image.shape[:2], img_path, options.max_pixels)
-        if not mask.any() and not keep_empty:
-            empty += 1
-            continue
-        image, mask = resize_pair(image, mask, options.max_side)
-        out.append(
-            Sample(f"{prefix}/{img_path.name}", image, mask, category_of(img_path.stem, options.category))
+        cat = category_of(img_path.stem, options.category)
+        s = streamed_pair(
+            f"{prefix}/{img_path.name}",
+            img_path,
+            mask_path,
+            cat,
+            options.max_pixels,
+            options.max_side,
+            keep_empty,
         )
+        if s is None:
+            empty += 1
+        else:
+            out.append(s)
     return out, empty
 
 

@@ -215,14 +215,12 @@ def _read_test(cat: Path, category: str, o: Options) -> tuple[list[Sample], list
                     f"(expected {gt_root / defect / (img_path.stem + MASK_SUFFIX + '.png')}); "
                     "add the mask or remove the image"
                 )
-            image = io.read_image(img_path, o.max_pixels)
-            mask = io.read_mask(mask_path, image.shape[:2], img_path, o.max_pixels)
-            image, mask = io.resize_pair(image, mask, o.max_side)
             key = f"test/{defect}/{img_path.name}"
-            if not mask.any():
+            s = io.streamed_pair(key, img_path, mask_path, defect, o.max_pixels, o.max_side)
+            if s is None:
                 empty.append(key)
                 continue
-            samples.append(Sample(key, image, mask, defect))
+            samples.append(s)
     if not samples:
         raise UserError(
             f"MVTec category {category}: no test defect image has a non-empty mask under {gt_root}; "

@@ -36,20 +36,20 @@ folder and read through this same loader.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import tempfile
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
 from specialsam.errors import UserError
-from specialsam.tasks.base import Sample, TaskData, empty_split_error
+from specialsam.tasks.base import ImageSource, MaskSource, Sample, TaskData, empty_split_error, pixel_hash
 from specialsam.tasks.io import DEFAULT_MAX_PIXELS, check_max_pixels, read_image, resize_image, resize_mask
 from specialsam.tasks.splits import SPLITS, dedupe_samples, duplicates_note, split_keys, stable_rng
 
@@ -421,29 +421,43 @@ def _kept_instances(
     return out
 
 
+def _image_pixels(path: Path, o: Options) -> np.ndarray:
+    """An image's pixels, decoded when needed (encoder precompute, overlays) and downscaled."""
+    return resize_image(read_image(path, o.max_pixels), o.max_side)
+
+
+def _instance_mask(ann: dict, h: int, w: int, path: Path, max_side: int | None) -> np.ndarray:
+    """An instance's mask, decoded from its segmentation when needed and downscaled like its image."""
+    return resize_mask(decode_segmentation(ann, h, w, path), max_side)
+
+
 def _image_samples(f: CocoFile, image_id: int, o: Options, skipped: Counter) -> list[Sample]:
-    """The samples of one image: its kept instances sharing one decoded (and downscaled) array."""
+    """The samples of one image: its kept instances sharing one image source. The image is read
+    once here (its size checked, its content hash taken) and let go; pixels and masks are decoded
+    again only where needed, so the driver's memory does not grow with the dataset."""
     kept = _kept_instances(f, image_id, o, skipped)
     if not kept:
         return []
     im = f.images[image_id]
     path = f.images_dir / im["file_name"]
+    h, w = int(im["height"]), int(im["width"])
     image = read_image(path, o.max_pixels)
-    if image.shape[:2] != (int(im["height"]), int(im["width"])):
+    if image.shape[:2] != (h, w):
         raise UserError(
             f"image {path} is {image.shape[1]}x{image.shape[0]} (WxH) but {f.path} says "
             f"{im['width']}x{im['height']}; use the images the annotations were made on"
         )
-    small = resize_image(image, o.max_side)
+    source = ImageSource(partial(_image_pixels, path, o), pixel_hash(resize_image(image, o.max_side)))
+    del image
     return [
         Sample(
             key=f"{im['file_name']}#{ann['id']}",
-            image=small,
-            mask=resize_mask(mask, o.max_side),
+            image=source,
+            mask=MaskSource(partial(_instance_mask, ann, h, w, f.path, o.max_side)),
             category=_category_label(f.categories[ann["category_id"]], o.category_level),
             image_id=str(path),
         )
-        for ann, mask in kept
+        for ann, _ in kept
     ]
 
 
@@ -509,6 +523,20 @@ def _load_files(root: Path, o: Options, seed: int) -> tuple[dict[str, list[Sampl
     return splits, notes, where
 
 
+def _in_memory(samples: list[Sample], prefix: str) -> list[Sample]:
+    """The stand-in's samples with their pixels and masks held in memory (its temporary folder is
+    deleted; it is small), images named by a stable id instead of the temporary path."""
+    held: dict[int, ImageSource] = {}
+    out = []
+    for x in samples:
+        src = x.source
+        if id(src) not in held:
+            held[id(src)] = ImageSource(src.pixels(), src.content_hash())
+        image_id = x.image_id.replace(prefix, "procedural-coco", 1)
+        out.append(x.replace(image=held[id(src)], mask=x.mask, image_id=image_id))
+    return out
+
+
 def _standin(o: Options, seed: int) -> TaskData:
     """Procedural litter scenes written as a real COCO dataset, read through the same loader."""
     tmp = Path(tempfile.mkdtemp(prefix="specialsam-coco-"))
@@ -518,13 +546,10 @@ def _standin(o: Options, seed: int) -> TaskData:
         write_coco_standin(tmp, o.procedural_images, seed=0)
         local = Options(**{**o.__dict__, "annotations": "annotations.json", "images": "images"})
         splits, notes, _ = _load_files(tmp, local, seed)
+        prefix = str(tmp / "images")  # the folder is deleted below: name images by a stable id
+        splits = {k: _in_memory(v, prefix) for k, v in splits.items()}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    prefix = str(tmp / "images")  # the temporary folder is gone: name images by a stable id instead
-    splits = {
-        k: [dataclasses.replace(x, image_id=x.image_id.replace(prefix, "procedural-coco", 1)) for x in v]
-        for k, v in splits.items()
-    }
     notes.insert(
         0,
         "no --data-root: using the procedural stand-in (litter scenes written as a COCO json + PNGs); "

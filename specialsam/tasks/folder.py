@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from specialsam.errors import UserError
-from specialsam.tasks.base import Sample, TaskData, empty_split_error
+from specialsam.tasks.base import ImageSource, MaskSource, Sample, TaskData, empty_split_error, pixel_hash
 from specialsam.tasks.io import (
     DEFAULT_MAX_PIXELS,
     _decode,
@@ -355,6 +356,18 @@ def _read_targets(img_path: Path, mask_path: Path, options: Options) -> tuple[np
     return image, mask_targets(raw, mask_path, options.split_instances, options.min_value_fraction)
 
 
+def _load_image(path: Path, options: Options) -> np.ndarray:
+    """A sample's pixels, decoded when needed: the image file, downscaled to ``max_side``."""
+    return resize_image(read_image(path, options.max_pixels), options.max_side)
+
+
+def _load_mask(path: Path, suffix: str, options: Options) -> np.ndarray:
+    """A sample's mask, decoded when needed: target ``suffix`` of the mask file, downscaled."""
+    raw = _decode(path, cv2.IMREAD_UNCHANGED, "mask", options.max_pixels)
+    targets = dict(mask_targets(raw, path, options.split_instances, options.min_value_fraction))
+    return resize_mask(targets[suffix], options.max_side)
+
+
 def _split_samples(
     stems: list[str],
     images: dict[str, Path],
@@ -363,21 +376,23 @@ def _split_samples(
     options: Options,
 ) -> tuple[list[Sample], int, int]:
     """One split's samples (one per mask instance); returns (samples, images skipped for an empty
-    mask, multi-valued masks)."""
+    mask, multi-valued masks). Each pair is read once here (sizes, targets, the image's content
+    hash) and let go: samples decode their pixels again where they are needed."""
     out: list[Sample] = []
     n_empty = n_multi = 0
     for stem in stems:
         image, targets = _read_targets(images[stem], masks[stem], options)
         n_multi += targets[0][0] != ""
-        kept = [(sfx, m) for sfx, m in targets if m.any()]
+        kept = [sfx for sfx, m in targets if m.any()]
         if not kept:
             n_empty += 1
             continue
-        small = resize_image(image, options.max_side)  # one array shared by an image's instances
-        for sfx, m in kept:
-            out.append(
-                Sample(f"{stem}{sfx}", small, resize_mask(m, options.max_side), category.get(stem, ""))
-            )
+        digest = pixel_hash(resize_image(image, options.max_side))
+        del image, targets
+        source = ImageSource(partial(_load_image, images[stem], options), digest)  # shared by instances
+        for sfx in kept:
+            mask = MaskSource(partial(_load_mask, masks[stem], sfx, options))
+            out.append(Sample(f"{stem}{sfx}", source, mask, category.get(stem, ""), image_id=stem))
     return out, n_empty, n_multi
 
 

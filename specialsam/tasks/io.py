@@ -35,6 +35,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -42,6 +43,7 @@ import numpy as np
 from PIL import Image
 
 from specialsam.errors import UserError
+from specialsam.tasks.base import ImageSource, MaskSource, Sample, pixel_hash
 
 DEFAULT_MAX_PIXELS: int = 100_000_000
 """Largest image (width x height) any task decodes unless its ``data.max_pixels`` says otherwise."""
@@ -249,6 +251,40 @@ def resize_mask(mask: np.ndarray, max_side: int | None) -> np.ndarray:
 def resize_pair(image: np.ndarray, mask: np.ndarray, max_side: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Optional downscaling of an image and its mask to the same size (area / nearest)."""
     return resize_image(image, max_side), resize_mask(mask, max_side)
+
+
+def _file_pixels(path: Path, max_pixels: int | None, max_side: int | None) -> np.ndarray:
+    return resize_image(read_image(path, max_pixels), max_side)
+
+
+def _file_mask(path: Path, max_pixels: int | None, max_side: int | None) -> np.ndarray:
+    return resize_mask(read_mask(path, max_pixels=max_pixels), max_side)
+
+
+def streamed_pair(
+    key: str,
+    image_path: Path,
+    mask_path: Path,
+    category: str = "",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_side: int | None = None,
+    keep_empty: bool = False,
+) -> Sample | None:
+    """A sample backed by an image file and its mask file: read once here (sizes checked, empty
+    mask -> None unless ``keep_empty``, the downscaled image's content hash taken) and let go;
+    pixels and mask are decoded again where needed, so a task's memory does not grow with it."""
+    image = read_image(image_path, max_pixels)
+    mask = read_mask(mask_path, image.shape[:2], image_path, max_pixels)
+    if not mask.any() and not keep_empty:
+        return None
+    digest = pixel_hash(resize_image(image, max_side))
+    del image, mask
+    return Sample(
+        key,
+        ImageSource(partial(_file_pixels, Path(image_path), max_pixels, max_side), digest),
+        MaskSource(partial(_file_mask, Path(mask_path), max_pixels, max_side)),
+        category,
+    )
 
 
 def write_image(path: Path | str, image: np.ndarray) -> None:

@@ -18,7 +18,6 @@ to ``TaskData`` until ``base.TaskData`` carries the field itself.
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from specialsam.tasks.base import Sample, TaskData
+from specialsam.tasks.base import Sample, TaskData, pixel_hash
 
 T = TypeVar("T")
 
@@ -89,12 +88,8 @@ def split_keys(
     return shuffled[:n_train], shuffled[n_train : n_train + n_val], shuffled[n_train + n_val :]
 
 
-def content_hash(image: np.ndarray) -> str:
-    """Hash of decoded pixels (shape included): equal for the same picture saved under two names."""
-    h = hashlib.sha256()
-    h.update(str(image.shape).encode())
-    h.update(np.ascontiguousarray(image).tobytes())
-    return h.hexdigest()[:32]
+content_hash = pixel_hash
+"""Hash of decoded pixels (shape included): equal for the same picture saved under two names."""
 
 
 @dataclass(frozen=True)
@@ -142,15 +137,7 @@ def dedupe_samples(
     splits: Mapping[str, Sequence[Sample]],
 ) -> tuple[dict[str, list[Sample]], list[Duplicate]]:
     """:func:`drop_cross_split_duplicates` on samples, hashed by their image content."""
-    cache: dict[int, str] = {}
-
-    def hash_of(s: Sample) -> str:
-        k = id(s.image)
-        if k not in cache:
-            cache[k] = content_hash(s.image)
-        return cache[k]
-
-    return drop_cross_split_duplicates(splits, hash_of, lambda s: s.key)
+    return drop_cross_split_duplicates(splits, Sample.image_hash, lambda s: s.key)
 
 
 def duplicates_note(dups: Sequence[Duplicate], listed: int = 3) -> str | None:
