@@ -47,6 +47,8 @@ def run_cli(args: argparse.Namespace, tasks: list[str], overrides: list[str]) ->
         # test hook for fault injection (sweep.trainable._maybe_inject_fault); never set by users
         fault=json.loads(os.environ.get("SPECIALSAM_TEST_FAULTS", "null")),
     )
+    if getattr(args, "baseline_only", False):
+        return _survey(configs, opts)
     if args.analyze_only:
         if len(configs) != 1:
             raise UserError("--analyze-only rebuilds one sweep's report; give a single --task")
@@ -77,6 +79,18 @@ def run_cli(args: argparse.Namespace, tasks: list[str], overrides: list[str]) ->
         )
     if outcomes:
         print(f"\nbrowse the results: {mlflow_ui_hint(outcomes[-1][1].tracking_uri)}")
+    return 0
+
+
+def _survey(configs: list, opts) -> int:
+    """``--baseline-only``: the zero-shot survey of each task (sweep.survey), its table printed."""
+    from specialsam.sweep.outputs import mlflow_ui_hint
+    from specialsam.sweep.survey import run_survey
+
+    for _task, cfg in configs:
+        out = run_survey(cfg, opts)
+        print(f"\nzero-shot survey ({out.data_kind} data), mIoU [95% CI]:\n{out.table}")
+        print(f"logged to run {out.run_id} (artifacts: survey/); browse: {mlflow_ui_hint(out.tracking_uri)}")
     return 0
 
 

@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--analyze-only", metavar="RUN_ID", help="rebuild the report of a finished sweep from MLflow"
     )
+    ap.add_argument(
+        "--baseline-only",
+        action="store_true",
+        help="zero-shot survey: every category (data.category=all) x prompt strategy, no training",
+    )
     return ap
 
 

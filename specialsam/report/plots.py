@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from specialsam.analysis.baseline_rule import BaselineRuleReport
     from specialsam.analysis.data_rule import DataRuleReport
     from specialsam.analysis.summaries import BreakdownRow
+    from specialsam.analysis.survey import SurveyCell
 
 _MARKERS = "osD^v<>Pph*X"
 
@@ -154,4 +155,30 @@ def plot_category_bars(rows: Sequence[BreakdownRow], path: Path, title: str = "m
         ax.set_xlabel("test mIoU")
         ax.set_title(f"{title}: {model}" if model else title)
         ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_survey_heatmap(cells: Sequence[SurveyCell], path: Path, title: str = "zero-shot mIoU") -> Path:
+    """Category x prompt strategy heatmap of zero-shot mIoU, each cell annotated ``mIoU`` and its
+    95% CI; one panel per model. ``cells``: ``analysis.survey.survey_cell``."""
+    models = list(dict.fromkeys(c.model for c in cells)) or [""]
+    cats = list(dict.fromkeys(c.category for c in cells))
+    strats = list(dict.fromkeys(c.strategy for c in cells))
+    fig = Figure(
+        figsize=(1.6 + 1.5 * max(len(strats), 1), (1.0 + 0.45 * max(len(cats), 1)) * len(models)), dpi=110
+    )
+    FigureCanvasAgg(fig)
+    for k, model in enumerate(models):
+        ax = fig.add_subplot(len(models), 1, k + 1)
+        grid = np.full((len(cats), len(strats)), np.nan)
+        for c in cells:
+            if c.model == model:
+                i, j = cats.index(c.category), strats.index(c.strategy)
+                grid[i, j] = c.miou
+                ax.text(j, i, f"{c.miou:.2f}\n[{c.lo:.2f}, {c.hi:.2f}]", ha="center", va="center", fontsize=7)
+        im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto", alpha=0.85)
+        ax.set_xticks(range(len(strats)), strats, fontsize=8)
+        ax.set_yticks(range(len(cats)), cats, fontsize=8)
+        ax.set_title(f"{title}: {model}" if model else title)
+        fig.colorbar(im, ax=ax, label="mIoU")
     return _save(fig, path)

@@ -22,6 +22,8 @@ from specialsam.finetune.records import RESULT_FILE, TrialRecord
 ROLE = "specialsam.role"
 """Which kind of run: one of the ``ROLE_*`` values."""
 ROLE_SWEEP, ROLE_BASELINE, ROLE_TRIAL, ROLE_STUDY = "sweep", "baseline", "trial", "study"
+ROLE_SURVEY = "survey"
+"""The zero-shot survey (``--baseline-only``): one run, no children."""
 PARENT = "mlflow.parentRunId"
 TRIAL_ID = "specialsam.trial_id"
 """A child run's key: ``baseline/<model>/<strategy>`` or ``<experiment>/<tune trial id>``."""
@@ -67,6 +69,37 @@ SKIPPED_EMPTY = "skipped_empty"
 PER_IMAGE_IOU = "per_image_iou.json"
 TRIAL_ARTIFACTS = (RESULT_FILE, "curves.png", "overlay.png")
 DECODER_FILE = "decoder.pt"
+SURVEY_DIR = "survey"
+SURVEY_TABLE = "survey.md"
+SURVEY_HEATMAP = "survey_heatmap.png"
+SURVEY_PREFIX = "survey_miou."
+"""Survey metrics: ``survey_miou.<model>.<category>.<strategy>`` and ``.lo`` / ``.hi`` (95% CI)."""
+
+
+def survey_tags(task: str, data: str, mask_selection: str) -> dict[str, str]:
+    return {ROLE: ROLE_SURVEY, TASK: task, DATA: data, "specialsam.mask_selection": mask_selection}
+
+
+def survey_params(categories: list[str], strategies: list[str], models: list[str]) -> dict[str, str]:
+    return {
+        "categories": ",".join(categories),
+        "strategies": ",".join(strategies),
+        "models": ",".join(models),
+    }
+
+
+def survey_metric(model: str, category: str, strategy: str, bound: str = "") -> str:
+    return f"{SURVEY_PREFIX}{model}.{category}.{strategy}" + (f".{bound}" if bound else "")
+
+
+def survey_metrics(cells) -> dict[str, float]:
+    """Each survey cell's mIoU and CI bounds under :func:`survey_metric` names."""
+    out = {}
+    for c in cells:
+        out[survey_metric(c.model, c.category, c.strategy)] = c.miou
+        out[survey_metric(c.model, c.category, c.strategy, "lo")] = c.lo
+        out[survey_metric(c.model, c.category, c.strategy, "hi")] = c.hi
+    return out
 
 
 def test_metric(name: str, strategy: str | None = None) -> str:

@@ -142,6 +142,11 @@ def _train_val(goods: Sequence[tuple[str, Callable[[], np.ndarray]]], o: Options
 
 def load(data_root: Path | None, options: Options, seed: int) -> TaskData:
     _validate(options)
+    if options.category == ALL:
+        raise UserError(
+            "data.category=all surveys every category zero-shot: add --baseline-only "
+            "(a fine-tuning sweep takes one category)"
+        )
     seed = _seed(seed)
     if data_root is None:
         return _load_standin(options, seed)
@@ -153,6 +158,26 @@ def load(data_root: Path | None, options: Options, seed: int) -> TaskData:
 
 def _categories(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "train").is_dir())
+
+
+ALL = "all"
+"""``data.category: all``: every category under the root (the zero-shot survey, ``--baseline-only``)."""
+
+
+def survey_categories(data_root: Path | None, category: str) -> list[str]:
+    """The categories a survey scores: every MVTec AD category folder under ``data_root`` for
+    ``all`` (none found: a one-line error), else ``category`` alone; the stand-in is one."""
+    if data_root is None:
+        return [category if category != ALL else "carpet"]
+    if category != ALL:
+        return [category]
+    found = _categories(data_root) if data_root.is_dir() else []
+    if not found:
+        raise UserError(
+            f"data.category=all: no MVTec AD category folders (<category>/train/good) under {data_root}; "
+            "pass --data-root pointing at mvtec_anomaly_detection"
+        )
+    return found
 
 
 def _category_dir(root: Path, category: str) -> Path:
