@@ -32,15 +32,16 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from specialsam.errors import UserError
 from specialsam.tasks import io
-from specialsam.tasks.base import Sample, TaskData
+from specialsam.tasks.base import ImageSource, MaskSource, Sample, TaskData
 from specialsam.tasks.procedural import carpet as standin
-from specialsam.tasks.procedural.synthetic_defects import inject_defect
+from specialsam.tasks.procedural.synthetic_defects import draw_kind, inject_defect
 
 NAME = "carpet"
 STANDIN_NOTE = (
@@ -110,7 +111,9 @@ def synthesise(
     goods: Sequence[tuple[str, Callable[[], np.ndarray]]], n: int, seed: int, stream: int, tag: str
 ) -> list[Sample]:
     """``n`` synthetic-defect samples on the given good images (key, loader). Sample ``i`` is a
-    pure function of (seed, stream, i, the good images); each good image is loaded once."""
+    pure function of (seed, stream, i, the good images); each good image is loaded once and held,
+    and a sample's defect is generated when its pixels are read (so a pool of 8,000 holds the good
+    images, not 8,000 defect images)."""
     m = len(goods)
     rounds: dict[int, np.ndarray] = {}
     wanted: dict[int, list[int]] = defaultdict(list)
@@ -122,11 +125,26 @@ def synthesise(
     out: list[Sample | None] = [None] * n
     for g in sorted(wanted):
         key, load = goods[g]
-        image = load()
+        image = load()  # held (one per good image), the defects generated from it when read
         for i in wanted[g]:
-            d = inject_defect(image, np.random.default_rng([seed, stream, 1, i]))
-            out[i] = Sample(f"{key}#{tag}-{i}-{d.kind}", d.image, d.mask, d.kind)
+            kind = draw_kind(np.random.default_rng([seed, stream, 1, i]))
+            made = partial(_defect, image, (seed, stream, 1, i))
+            out[i] = Sample(
+                f"{key}#{tag}-{i}-{kind}",
+                ImageSource(partial(_part, made, "image")),
+                MaskSource(partial(_part, made, "mask")),
+                kind,
+            )
     return out  # type: ignore[return-value]
+
+
+def _defect(image: np.ndarray, rng_key: tuple[int, ...]):
+    """The synthetic defect of one sample: a pure function of the good image and its rng key."""
+    return inject_defect(image, np.random.default_rng(list(rng_key)))
+
+
+def _part(made: Callable, what: str) -> np.ndarray:
+    return getattr(made(), what)
 
 
 def _seed(seed: int) -> int:

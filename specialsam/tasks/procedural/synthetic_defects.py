@@ -213,10 +213,15 @@ GENERATORS: dict[str, Callable[[np.ndarray, np.random.Generator], SyntheticDefec
 }
 
 
+def draw_kind(rng: np.random.Generator) -> str:
+    """The defect kind ``inject_defect(image, rng)`` draws first (patch / line / circle, equal odds)."""
+    return DEFECT_KINDS[int(rng.integers(len(DEFECT_KINDS)))]
+
+
 def inject_defect(image: np.ndarray, rng: np.random.Generator, kind: str | None = None) -> SyntheticDefect:
     """One synthetic defect; ``kind=None`` draws patch / line / circle with equal probability."""
     if kind is None:
-        kind = DEFECT_KINDS[int(rng.integers(len(DEFECT_KINDS)))]
+        kind = draw_kind(rng)
     if kind not in GENERATORS:
         raise ValueError(f"unknown synthetic defect kind {kind!r}; choose from {', '.join(DEFECT_KINDS)}")
     return GENERATORS[kind](image, rng)
