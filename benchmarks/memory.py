@@ -11,6 +11,7 @@ whole pool so every image is encoded and packed) and reads the process's peak RS
 
     python benchmarks/memory.py                    # 2,000 vs 20,000 images (~10 min on 2 cores)
     python benchmarks/memory.py --sizes 40,400     # a quick check that it works
+    python benchmarks/memory.py --layout coco      # the same on a COCO json (two instances per image)
 """
 
 from __future__ import annotations
@@ -49,12 +50,39 @@ def write_folder(root: Path, n: int, side: int, seed: int = 0) -> None:
         cv2.imwrite(str(root / "masks" / f"{i:06d}.png"), mask)
 
 
+def write_coco(root: Path, n: int, side: int, seed: int = 0) -> None:
+    """``n`` images with two rectangle instances each (polygons) in one COCO json (split by image)."""
+    import cv2
+
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    images, anns = [], []
+    for i in range(n):
+        img = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+        for k in range(2):
+            x, y = (int(v) for v in rng.integers(0, side // 2, 2))
+            w, h = (int(v) for v in rng.integers(side // 3, side // 2, 2))
+            img[y : y + h, x : x + w] //= 2
+            poly = [x, y, x + w, y, x + w, y + h, x, y + h]
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": 1 + k, "segmentation": [poly],
+                         "area": w * h, "bbox": [x, y, w, h], "iscrowd": 0})  # fmt: skip
+        cv2.imwrite(str(root / "images" / f"{i:06d}.png"), img)
+        images.append({"id": i + 1, "file_name": f"{i:06d}.png", "width": side, "height": side})
+    cats = [
+        {"id": 1, "name": "box", "supercategory": "thing"},
+        {"id": 2, "name": "lid", "supercategory": "thing"},
+    ]
+    (root / "annotations.json").write_text(
+        json.dumps({"images": images, "annotations": anns, "categories": cats})
+    )
+
+
 def rss_mb() -> float:
     """Peak resident set size of this process so far, MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child(data_root: Path, work: Path) -> dict:
+def child(layout: str, data_root: Path, work: Path) -> dict:
     """The sweep's stages up to the packs, in this (fresh) process; returns the figures."""
     from specialsam.config import default_config_path, load_config
     from specialsam.sweep.driver import build_packs, plan_sweep, prepare_sweep
@@ -62,7 +90,10 @@ def child(data_root: Path, work: Path) -> dict:
 
     big = 10**7  # fitted to the pool (config.grids): every training image is encoded and packed
     sets = ["models=[tiny-s]", f"curve.n_train=[{big}]", f"search.n_train={big}"]
-    cfg = load_config(default_config_path("folder"), sets).model_copy(update={"data_root": str(data_root)})
+    if layout == "coco":  # every image (no max_images cap), instances under 100 px kept
+        sets += ["data.annotations=annotations.json", "data.images=images", "data.min_area=1"]
+        sets += [f"data.max_images={{train: {big}, val: {big}, test: {big}}}"]
+    cfg = load_config(default_config_path(layout), sets).model_copy(update={"data_root": str(data_root)})
     opts = RunOptions(
         cwd=work, cache_dir=str(work / "cache"), storage=str(work / "ray"), plan=True, quiet=True
     )
@@ -88,11 +119,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="2000,20000", help="dataset sizes (images), comma-separated")
     ap.add_argument("--side", type=int, default=32, help="image side in pixels")
+    ap.add_argument("--layout", choices=("folder", "coco"), default="folder", help="dataset layout (task)")
     ap.add_argument("--json", help="also write the figures here")
-    ap.add_argument("--child", nargs=2, metavar=("DATA_ROOT", "WORK"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=3, metavar=("LAYOUT", "DATA_ROOT", "WORK"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(Path(args.child[0]), Path(args.child[1]))))
+        print(json.dumps(child(args.child[0], Path(args.child[1]), Path(args.child[2]))))
         return 0
     from benchmarks._common import git_commit
 
@@ -105,10 +137,10 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix=f"specialsam-mem-{n}-") as d:
             root, work = Path(d) / "data", Path(d) / "work"
             work.mkdir()
-            write_folder(root, n, args.side)
+            (write_coco if args.layout == "coco" else write_folder)(root, n, args.side)
             env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"}
             out = subprocess.run(
-                [sys.executable, __file__, "--child", str(root), str(work)],
+                [sys.executable, __file__, "--child", args.layout, str(root), str(work)],
                 capture_output=True, text=True, env=env, check=False,
             )  # fmt: skip
             if out.returncode:
