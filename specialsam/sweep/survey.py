@@ -12,6 +12,7 @@ rules apply; it is the first question of the study (is zero-shot SAM already goo
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,9 @@ def _category_cells(cfg: SweepConfig, opts: RunOptions, category: str, models: d
     data = {**(cfg.data or {}), "category": category, "n_synthetic": 4, "n_val": 4}
     task = load_task(cfg.task, cfg.data_root, data, cfg.seed)
     task.train, task.val = task.train[:KEEP_FOR_PACK], task.val[:KEEP_FOR_PACK]
+    if not opts.quiet:  # what is scored; the stand-in also says how to point at the real data
+        said = task.notes[0] if task.data == "procedural" and task.notes else task.source
+        print(f"survey {category}: {len(task.test)} test images; {said}", file=sys.stderr, flush=True)
     cells = []
     for name, (sam, info) in models.items():
         ident = model_identity(sam, name, info.sha256)
