@@ -129,8 +129,9 @@ def main() -> int:
     from benchmarks._common import git_commit
 
     load = os.getloadavg()[0]
+    busy = " CONTENDED (peak RSS still holds; times do not)" if load > 1 else ""
     print(
-        f"commit {git_commit()}, {os.cpu_count()} CPUs, load {load:.2f}" + (" CONTENDED" if load > 1 else "")
+        f"{args.layout}, {args.side} px images; commit {git_commit()}, {os.cpu_count()} CPUs, load {load:.2f}{busy}"
     )
     rows = []
     for n in (int(x) for x in args.sizes.split(",")):
