@@ -130,9 +130,8 @@ def main() -> int:
 
     load = os.getloadavg()[0]
     busy = " CONTENDED (peak RSS still holds; times do not)" if load > 1 else ""
-    print(
-        f"{args.layout}, {args.side} px images; commit {git_commit()}, {os.cpu_count()} CPUs, load {load:.2f}{busy}"
-    )
+    where = f"commit {git_commit()}, {os.cpu_count()} CPUs, load {load:.2f}{busy}"
+    print(f"{args.layout}, {args.side} px images; {where}")
     rows = []
     for n in (int(x) for x in args.sizes.split(",")):
         with tempfile.TemporaryDirectory(prefix=f"specialsam-mem-{n}-") as d:
