@@ -182,8 +182,11 @@ def test_interactive_scores_start_at_plain_scores_and_are_deterministic(pack):
             assert ((noc >= 1) & (noc <= 6)).all()
             np.testing.assert_array_equal(b.noc[t], noc)
         assert set(a.summary()) == {"clicks_miou.1", "clicks_miou.2", "clicks_miou.5", "noc.85", "noc.90"}
-    # corrective clicks with fed-back logits change the masks (a random decoder gains little)
+    # corrective clicks change the masks, and so does feeding back the logits as mask prompt
     assert not np.array_equal(a.iou[:, 0], a.iou[:, 2])
+    points_only = interactive_scores(sam, test, "extreme4", clicks=(1, 2, 5), max_clicks=6, feed_logits=False)
+    np.testing.assert_array_equal(points_only.iou[:, 0], a.iou[:, 0])
+    assert not np.array_equal(points_only.iou[:, 1], a.iou[:, 1])
 
 
 # ------------------------------------------------------------------------------ training
@@ -226,3 +229,41 @@ def test_click_rounds_train_deterministically_and_differently(pack):
     assert a.history[0]["train_loss"] != c.history[0]["train_loss"]
     with pytest.raises(Exception, match="click_rounds"):
         TrainConfig(click_rounds=1.5).validate()
+
+
+# ------------------------------------------------------------------------------ settings
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("eval: {clicks: [0, 2]}", "eval.clicks[0]"),
+        ("eval: {clicks: [3, 1]}", "eval.clicks"),
+        ("eval: {noc_thresholds: [0.85, 1.5]}", "eval.noc_thresholds[1]"),
+        ("eval: {max_clicks: 0}", "eval.max_clicks"),
+        ("train: {click_rounds: -1}", "train.click_rounds"),
+        ("search: {space: {click_rounds: {type: uniform, low: 0, high: 4}}}", "click_rounds"),
+        ("search: {space: {click_rounds: [0, 1.5]}}", "click_rounds.values[1]"),
+    ],
+)
+def test_click_settings_are_checked(tmp_path, text, key):
+    from specialsam.config import load_config
+    from specialsam.errors import UserError
+
+    p = tmp_path / "sweep.yaml"
+    p.write_text(f"task: carpet\n{text}\n")
+    with pytest.raises(UserError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        load_config(p)
+
+
+def test_click_settings_reach_the_trial_config(tmp_path):
+    from specialsam.config import load_config
+
+    p = tmp_path / "sweep.yaml"
+    p.write_text("task: carpet\ntrain: {click_rounds: 3}\neval: {clicks: [1, 4], max_clicks: 10}\n")
+    cfg = load_config(p)
+    assert (cfg.eval.clicks, cfg.eval.noc_thresholds, cfg.eval.max_clicks) == ([1, 4], [0.85, 0.9], 10)
+    assert cfg.train_config(cfg.base_params(), 8, 0).click_rounds == 3
+    searched = cfg.train_config({**cfg.base_params(), "click_rounds": 2.0}, 8, 0)
+    searched.validate()
+    assert searched.click_rounds == 2 and isinstance(searched.click_rounds, int)

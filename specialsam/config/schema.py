@@ -282,6 +282,10 @@ class EvalSettings(_Model):
     """IoU thresholds of the number-of-clicks metric (NoC@85, NoC@90)."""
     max_clicks: int = Field(MAX_CLICKS, ge=1, le=100)
     """NoC cap: an image that never reaches a threshold counts this many clicks."""
+    click_mask_prompt: bool = True
+    """Feed the previous low-res logits back as SAM's mask prompt (the SAM paper's protocol); false:
+    corrective points only (decoders never trained with mask prompts, e.g. the tiny stand-ins, lose
+    accuracy from it unless trained with ``train.click_rounds``)."""
 
     @field_validator("clicks")
     @classmethod
