@@ -153,7 +153,7 @@ class _Chunk:
 
 def _predict_round(
     sam: Sam, ch: _Chunk, emb: torch.Tensor, r: int, selection: str, feed_logits: bool, dev: DeviceChoice
-):
+) -> dict[int, np.ndarray]:
     """Decode the active rows (previous logits as mask prompt after round 0 when ``feed_logits``);
     binary predictions at the ground truth's resolution, as ``predict_masks`` post-processes them."""
     a = torch.from_numpy(np.nonzero(ch.active)[0]).to(dev.device)
@@ -175,8 +175,18 @@ def _predict_round(
     return preds
 
 
-def _click_round(ch: _Chunk, preds: dict[int, np.ndarray], r: int, need: int, thresholds, side: int):
-    """Score round ``r``'s predictions, then give every still-needed image its next click."""
+def _click_round(
+    ch: _Chunk,
+    preds: dict[int, np.ndarray],
+    r: int,
+    need: tuple[int, int],
+    thresholds: tuple[float, ...],
+    side: int,
+) -> None:
+    """Score round ``r``'s predictions, then give every still-needed image its next click.
+
+    ``need``: (the curve's largest click count, the rounds in all). An image leaves the batch with
+    no error left, at the last round, or past the curve's budget with every threshold reached."""
     n = len(ch.gts)
     xy, lab = torch.zeros(n, 2), torch.full((n,), PAD_LABEL, dtype=torch.long)
     for i, pred in preds.items():
@@ -194,8 +204,21 @@ def _click_round(ch: _Chunk, preds: dict[int, np.ndarray], r: int, need: int, th
     ch.coords, ch.labels = append_tokens(ch.coords, ch.labels, xy.to(d), lab.to(d))
 
 
-def _simulate(sam, split: Split, idx, coords, labels, rounds, need, thresholds, selection, feed_logits, dev):
-    """IoU after each of ``rounds`` interactions (N, rounds) for the images ``idx``."""
+def _simulate(
+    sam: Sam,
+    split: Split,
+    idx: list[int],
+    prompts: tuple[np.ndarray, np.ndarray],
+    need: tuple[int, int],
+    thresholds: tuple[float, ...],
+    selection: str,
+    feed_logits: bool,
+    dev: DeviceChoice,
+) -> np.ndarray:
+    """IoU after each interaction (len(idx), rounds) for the images ``idx``, one forward pass per
+    round for all of them; ``prompts``: the split's stored (coords, labels) of the strategy."""
+    coords, labels = prompts
+    rounds = need[1]
     d = dev.device
     gts = [split.gt(i) for i in idx]
     ch = _Chunk(
@@ -249,7 +272,7 @@ def interactive_scores(
     for s in range(0, len(idx_all), chunk):
         idx = idx_all[s : s + chunk]
         curve[s : s + len(idx)] = _simulate(
-            sam, split, idx, coords, labels, rounds, need, thresholds, mask_selection, feed_logits, dev
+            sam, split, idx, (coords, labels), need, thresholds, mask_selection, feed_logits, dev
         )
     return InteractiveScores(
         strategy=strategy,
