@@ -12,6 +12,8 @@ from specialsam.finetune.clicks import (
     Click,
     append_tokens,
     clicks_to_reach,
+    depth_bound,
+    inner_distance,
     interactive_scores,
     next_click,
     sample_error_clicks,
@@ -120,6 +122,31 @@ def test_first_click_goes_to_the_centre_of_the_larger_error_with_its_label():
     clicked[21, 5] = True
     assert next_click(pred, gt, clicked) != Click(5, 21, positive=False)
     assert next_click(gt, gt) is None
+
+
+def ritm_click(pred, gt, clicked):
+    """RITM's clicker as written there: both transforms, the deeper error wins."""
+    fn, fp = gt & ~pred, pred & ~gt
+    d_fn, d_fp = (np.where(clicked, 0, inner_distance(r)) for r in (fn, fp))
+    if d_fn.max() == 0 and d_fp.max() == 0:
+        return None
+    positive = bool(d_fn.max() > d_fp.max())
+    d = d_fn if positive else d_fp
+    y, x = np.argwhere(d == d.max())[0]
+    return Click(int(x), int(y), positive)
+
+
+def test_skipping_the_shallow_transform_never_changes_the_click():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:40, :48]
+    for _ in range(150):
+        gt, pred = (
+            ((xx - cx) ** 2 / ax + (yy - cy) ** 2 / ay) < 1
+            for cx, cy, ax, ay in rng.uniform([0, 0, 4, 4], [48, 40, 300, 300], (2, 4))
+        )
+        clicked = rng.random(gt.shape) < 0.01
+        assert next_click(pred, gt, clicked) == ritm_click(pred, gt, clicked)
+        assert depth_bound(gt) >= inner_distance(gt).max()
 
 
 def test_image_border_counts_as_boundary():

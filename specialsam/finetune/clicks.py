@@ -20,6 +20,7 @@ instead (the SAM paper's and micro-sam's recipe), on the loss-resolution targets
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -65,20 +66,39 @@ def inner_distance(region: np.ndarray) -> np.ndarray:
     return out
 
 
+def depth_bound(region: np.ndarray) -> float:
+    """An upper bound of a region's largest :func:`inner_distance`, from its area alone.
+
+    Every pixel closer than m to the deepest pixel (depth m) is in the region, and their unit
+    squares cover the disk of radius m - sqrt(1/2) around it: area >= pi (m - sqrt(1/2))^2."""
+    return math.sqrt(float(region.sum()) / math.pi) + math.sqrt(0.5) + 1e-9
+
+
+def _deepest(region: np.ndarray, clicked: np.ndarray | None) -> tuple[np.ndarray, float]:
+    d = inner_distance(region)
+    if clicked is not None:
+        d[clicked] = 0
+    return d, float(d.max(initial=0.0))
+
+
 def next_click(pred: np.ndarray, gt: np.ndarray, clicked: np.ndarray | None = None) -> Click | None:
     """RITM's next click for a binary prediction against the ground truth; None without any error.
 
-    ``clicked`` (bool, same shape) marks pixels clicked before: they are not clicked again."""
-    fn, fp = gt & ~pred, pred & ~gt
-    d_fn, d_fp = inner_distance(fn), inner_distance(fp)
-    if clicked is not None:
-        d_fn[clicked] = 0
-        d_fp[clicked] = 0
-    m_fn, m_fp = d_fn.max(initial=0.0), d_fp.max(initial=0.0)
-    if m_fn == 0 and m_fp == 0:
-        return None
-    positive = bool(m_fn > m_fp)
-    d, m = (d_fn, m_fn) if positive else (d_fp, m_fp)
+    ``clicked`` (bool, same shape) marks pixels clicked before: they are not clicked again. The
+    larger-area error is transformed first; the other only when its :func:`depth_bound` could
+    reach the first's depth (the rule is RITM's: positive iff the false negatives lie deeper)."""
+    regions = {True: gt & ~pred, False: pred & ~gt}  # positive click: false negative
+    first = bool(regions[True].sum() >= regions[False].sum())
+    d1, m1 = _deepest(regions[first], clicked)
+    if depth_bound(regions[not first]) < m1:
+        positive, d, m = first, d1, m1
+    else:
+        d2, m2 = _deepest(regions[not first], clicked)
+        m_fn, m_fp = (m1, m2) if first else (m2, m1)
+        if m_fn == 0 and m_fp == 0:
+            return None
+        positive = bool(m_fn > m_fp)
+        d, m = (d1, m1) if positive == first else (d2, m2)
     y, x = np.argwhere(d == m)[0]
     return Click(int(x), int(y), positive)
 
