@@ -269,10 +269,9 @@ def _click_rounds_loss(
     low, n_rounds = None, clicks.rounds + 1
     hard, in_image = clicks.hard, valid > 0
     for r in range(n_rounds):
-        mask_in = None if low is None else low
         use = None if low is None else clicks.use_mask[r - 1]
         with dev.autocast():
-            masks, _ = decode_batched(sam.mask_decoder, sam.prompt_encoder, emb, coords, labels, mask_in, use)
+            masks, _ = decode_batched(sam.mask_decoder, sam.prompt_encoder, emb, coords, labels, low, use)
             logits = upsample_logits(masks[:, 0], res)
         loss = segmentation_loss(logits.float(), target, valid, cfg).sum() / (n * n_rounds)
         loss.backward()
