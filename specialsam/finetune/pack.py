@@ -214,13 +214,15 @@ def _eval_prompts(samples: Sequence[Sample], strategy: str, side: int):
     rng = np.random.default_rng(EVAL_PROMPT_SEED)
     prompts: list[Prompt | None] = [make_prompt(s.mask, strategy, rng) for s in samples]
     ok = [p is not None for p in prompts]
-    k = next((len(p.labels) for p in prompts if p is not None), 2)
+    # one row per sample, padded to the longest prompt with padding tokens (label -1); every
+    # strategy gives prompts of one length today, so no row is padded beyond SAM's own token
+    k = max((len(p.labels) for p in prompts if p is not None), default=2)
     coords = np.zeros((len(samples), k, 2), np.float32)
     labels = np.full((len(samples), k), -1, np.int64)
     for i, (p, s) in enumerate(zip(prompts, samples)):
         if p is not None:
-            coords[i] = to_model_coords(p, s.mask.shape, side)
-            labels[i] = p.labels
+            coords[i, : len(p.labels)] = to_model_coords(p, s.mask.shape, side)
+            labels[i, : len(p.labels)] = p.labels
     return coords, labels, np.array(ok)
 
 

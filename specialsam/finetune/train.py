@@ -31,10 +31,14 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
 from specialsam.device import DeviceChoice, select_device
+from specialsam.finetune.clicks import append_tokens, sample_error_clicks
 from specialsam.finetune.pack import Pack, Split
 from specialsam.models.batched import decode_batched
 from specialsam.models.upsample import upsample_logits
 from specialsam.prompts import training_prompt
+
+MAX_CLICK_ROUNDS = 16
+"""Upper bound of ``click_rounds`` (micro-sam trains with 8; each round is one more decoder pass)."""
 
 
 class TrainingFailed(RuntimeError):
@@ -48,6 +52,7 @@ SEARCHABLE: tuple[str, ...] = (
     "focal_weight",
     "point_fraction",
     "weight_decay",
+    "click_rounds",
 )
 """The TrainConfig fields a sweep may search (``search.space`` keys); the rest are shared settings."""
 
@@ -72,6 +77,10 @@ class TrainConfig:
     micro_batch: int = 0
     """Samples per forward/backward chunk, gradients accumulated (0: auto, see ``micro_batch_size``)."""
     seed: int = 0
+    click_rounds: int = 0
+    """Corrective-click rounds after the first prompt (0: off): each adds a point sampled from the
+    current prediction's error region, the previous logits as mask prompt half of the time, and
+    the loss is averaged over all rounds (the SAM paper's and micro-sam's iterative training)."""
 
     def validate(self) -> None:
         from specialsam.errors import UserError
@@ -89,6 +98,10 @@ class TrainConfig:
             raise UserError(f"point_fraction must be in [0, 1], got {self.point_fraction}")
         if self.n_train < 1 or self.epochs < 1 or self.batch_size < 1:
             raise UserError("n_train, epochs and batch_size must be >= 1")
+        rounds = self.click_rounds
+        if isinstance(rounds, bool) or not float(rounds).is_integer() or not 0 <= rounds <= MAX_CLICK_ROUNDS:
+            raise UserError(f"click_rounds must be a whole number in [0, {MAX_CLICK_ROUNDS}], got {rounds}")
+        self.click_rounds = int(rounds)  # searched values arrive as floats
 
 
 @dataclass
@@ -174,21 +187,101 @@ def accumulate_gradients(
     dev: DeviceChoice,
     res: int,
     micro: int = 0,
+    clicks: ClickDraws | None = None,
 ) -> torch.Tensor:
     """Forward + backward of one batch (in chunks of ``micro``); returns the batch's mean loss.
 
-    Gradients are those of the batch mean, whatever the chunking. The caller checks the loss,
-    clips and steps the optimizer."""
+    Gradients are those of the batch mean, whatever the chunking. With ``clicks`` (click_rounds >
+    0) each chunk runs its corrective-click rounds (:func:`_click_rounds_loss`). The caller checks
+    the loss, clips and steps the optimizer."""
     n, d = emb.shape[0], dev.device
     chunk = micro or n
     total = torch.zeros((), device=d)
     for s in range(0, n, chunk):
         sl = slice(s, s + chunk)
+        if clicks is not None and clicks.rounds:
+            total += _click_rounds_loss(
+                sam,
+                emb[sl].to(d),
+                coords[sl].to(d),
+                labels[sl].to(d),
+                target[sl].to(d),
+                valid[sl].to(d),
+                clicks.slice(sl, d),
+                cfg,
+                dev,
+                res,
+                n,
+            )
+            continue
         with dev.autocast():
             logits = batch_logits(sam, emb[sl].to(d), coords[sl].to(d), labels[sl].to(d), res)
         loss = segmentation_loss(logits.float(), target[sl].to(d), valid[sl].to(d), cfg).sum() / n
         loss.backward()
         total += loss.detach()
+    return total
+
+
+@dataclass
+class ClickDraws:
+    """A batch's random draws for its corrective-click rounds, drawn once per batch from the
+    training generator (so the rounds do not depend on ``micro_batch`` chunking or the device)."""
+
+    hard: torch.Tensor
+    """(B, R, R) bool targets the error regions are measured against (``binary_target``)."""
+    u: torch.Tensor
+    """(rounds, B) uniform draws that pick each round's point in the error region."""
+    use_mask: torch.Tensor
+    """(rounds, B) bool: whether the round feeds the previous logits back as mask prompt."""
+    scale: float
+    """Loss-resolution pixels -> model-input pixels."""
+
+    @property
+    def rounds(self) -> int:
+        return int(self.u.shape[0])
+
+    def slice(self, sl: slice, device: torch.device) -> ClickDraws:
+        return ClickDraws(
+            self.hard[sl].to(device), self.u[:, sl], self.use_mask[:, sl].to(device), self.scale
+        )
+
+
+def _click_rounds_loss(
+    sam: Sam,
+    emb: torch.Tensor,
+    coords: torch.Tensor,
+    labels: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor,
+    clicks: ClickDraws,
+    cfg: TrainConfig,
+    dev: DeviceChoice,
+    res: int,
+    n: int,
+) -> torch.Tensor:
+    """Backward of one chunk over its first prompt and ``clicks.rounds`` corrective rounds; returns
+    its share of the batch loss (the mean over rounds of the batch-mean loss).
+
+    Each round adds one point from the current prediction's error region (detached) and, where
+    ``use_mask``, feeds the previous low-res logits (detached) back as the mask prompt. Rounds are
+    independent graphs, so each is backpropagated at once (memory of one round)."""
+    total = torch.zeros((), device=emb.device)
+    low, n_rounds = None, clicks.rounds + 1
+    hard, in_image = clicks.hard, valid > 0
+    for r in range(n_rounds):
+        use = None if low is None else clicks.use_mask[r - 1]
+        with dev.autocast():
+            masks, _ = decode_batched(sam.mask_decoder, sam.prompt_encoder, emb, coords, labels, low, use)
+            logits = upsample_logits(masks[:, 0], res)
+        loss = segmentation_loss(logits.float(), target, valid, cfg).sum() / (n * n_rounds)
+        loss.backward()
+        total += loss.detach()
+        if r == n_rounds - 1:
+            break
+        u = clicks.u[r].to(emb.device)
+        xy, lab = sample_error_clicks(logits.detach() > 0, hard, in_image, u)
+        coords, labels = append_tokens(coords, labels, xy * clicks.scale, lab)
+        low = masks[:, :1].detach().float()
     return total
 
 
@@ -301,6 +394,7 @@ class _Batch:
     target: torch.Tensor
     emb: torch.Tensor
     valid: torch.Tensor
+    clicks: ClickDraws | None = None
 
 
 def _make_batch(
@@ -314,6 +408,14 @@ def _make_batch(
     if not keep:
         return None
     idx = [idx[j] for j in keep]
+    clicks = None
+    if cfg.click_rounds:  # drawn only then: click_rounds=0 consumes the generator as before
+        clicks = ClickDraws(
+            hard=torch.from_numpy(np.stack([binary_target(soft[j]) for j in keep])),
+            u=torch.from_numpy(rng.random((cfg.click_rounds, len(keep)))),
+            use_mask=torch.from_numpy(rng.random((cfg.click_rounds, len(keep))) < 0.5),
+            scale=side / res,
+        )
     return _Batch(
         idx=idx,
         coords=torch.from_numpy(np.stack([prompts[j].coords for j in keep]) * (side / res)),
@@ -321,6 +423,7 @@ def _make_batch(
         target=torch.from_numpy(soft[keep].astype(np.float32) / 255.0),
         emb=torch.from_numpy(train.embeddings(idx)),
         valid=_valid_masks(train, idx, res),
+        clicks=clicks,
     )
 
 
@@ -383,6 +486,7 @@ def _optimizer_step(run: _Run, batch: _Batch, epoch: int) -> float:
         run.dev,
         run.res,
         run.micro,
+        batch.clicks,
     )
     if not torch.isfinite(loss):
         raise TrainingFailed(
