@@ -3,6 +3,8 @@ and iterative (corrective-click) training, on hand-made masks and a tiny model."
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ import torch
 from specialsam.finetune.cache import EmbeddingCache
 from specialsam.finetune.clicks import (
     Click,
+    InteractiveScores,
     append_tokens,
     clicks_to_reach,
     depth_bound,
@@ -24,6 +27,7 @@ from specialsam.finetune.train import TrainConfig, _make_batch, train_decoder
 from specialsam.models.batched import decode_batched
 from specialsam.models.tiny import build_tiny_sam
 from specialsam.prompts import EXTREME_JITTER_PX, extreme_points, make_prompt
+from specialsam.sweep import mlflow_runs as names
 from specialsam.tasks.base import Sample
 from tests.conftest import scene_task
 
@@ -208,7 +212,15 @@ def test_interactive_scores_start_at_plain_scores_and_are_deterministic(pack):
         for t, noc in a.noc.items():
             assert ((noc >= 1) & (noc <= 6)).all()
             np.testing.assert_array_equal(b.noc[t], noc)
-        assert set(a.summary()) == {"clicks_miou.1", "clicks_miou.2", "clicks_miou.5", "noc.85", "noc.90"}
+        assert set(names.interactive_metrics(a)) == {
+            "clicks_miou.1",
+            "clicks_miou.2",
+            "clicks_miou.5",
+            "noc.85",
+            "noc.90",
+        }
+        again = InteractiveScores.from_dict(json.loads(json.dumps(a.to_dict())))
+        assert np.array_equal(again.iou, a.iou) and all(np.array_equal(again.noc[t], a.noc[t]) for t in a.noc)
     # corrective clicks change the masks, and so does feeding back the logits as mask prompt
     assert not np.array_equal(a.iou[:, 0], a.iou[:, 2])
     points_only = interactive_scores(sam, test, "extreme4", clicks=(1, 2, 5), max_clicks=6, feed_logits=False)

@@ -37,7 +37,7 @@ from specialsam.config._text import _Bad, _describe, _suggest, _unknown
 from specialsam.errors import UserError
 from specialsam.finetune.clicks import CLICKS, MAX_CLICKS, NOC_THRESHOLDS
 from specialsam.finetune.train import MAX_CLICK_ROUNDS, SEARCHABLE, TrainConfig
-from specialsam.models.registry import MODEL_NAMES
+from specialsam.models.registry import MODEL_NAMES, get_spec
 from specialsam.prompts import STRATEGIES
 from specialsam.tasks import TASKS, task_module, task_options
 
@@ -286,10 +286,17 @@ class EvalSettings(_Model):
     """IoU thresholds of the number-of-clicks metric (NoC@85, NoC@90)."""
     max_clicks: int = Field(MAX_CLICKS, ge=1, le=100)
     """NoC cap: an image that never reaches a threshold counts this many clicks."""
-    click_mask_prompt: bool = True
+    click_mask_prompt: Literal["auto"] | bool = "auto"
     """Feed the previous low-res logits back as SAM's mask prompt (the SAM paper's protocol); false:
-    corrective points only (decoders never trained with mask prompts, e.g. the tiny stand-ins, lose
-    accuracy from it unless trained with ``train.click_rounds``)."""
+    corrective points only. ``auto``: true for SAM and MobileSAM checkpoints, false for the tiny
+    generalists, whose prompt encoder never saw a mask prompt in pretraining (fed back, their
+    logits make every further click worse, unless trained with ``train.click_rounds``)."""
+
+    def feeds_logits(self, model: str) -> bool:
+        """``click_mask_prompt`` resolved for ``model``."""
+        if self.click_mask_prompt != "auto":
+            return bool(self.click_mask_prompt)
+        return get_spec(model).family != "tiny"
 
     @field_validator("clicks")
     @classmethod

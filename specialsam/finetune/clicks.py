@@ -145,12 +145,37 @@ class InteractiveScores:
     max_clicks: int
     skipped_empty: int
 
-    def summary(self) -> dict[str, float]:
-        """Means over images under the MLflow metric names ``clicks_miou.<k>`` and ``noc.<t>``
-        (t in percent: ``noc.85``, ``noc.90``)."""
-        out = {f"clicks_miou.{k}": _mean(self.iou[:, j]) for j, k in enumerate(self.clicks)}
-        out.update({f"noc.{round(t * 100)}": _mean(v) for t, v in self.noc.items()})
-        return out
+    def means(self) -> tuple[dict[int, float], dict[float, float]]:
+        """mIoU after each click count, and mean NoC per threshold (over scored images)."""
+        return (
+            {k: _mean(self.iou[:, j]) for j, k in enumerate(self.clicks)},
+            {t: _mean(v) for t, v in self.noc.items()},
+        )
+
+    def to_dict(self) -> dict:
+        """As stored in a trial's record and a baseline's per-image file (JSON)."""
+        return {
+            "strategy": self.strategy,
+            "keys": self.keys,
+            "clicks": list(self.clicks),
+            "iou": self.iou.tolist(),
+            "noc": {str(t): v.tolist() for t, v in self.noc.items()},
+            "max_clicks": self.max_clicks,
+            "skipped_empty": self.skipped_empty,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> InteractiveScores:
+        clicks = tuple(int(k) for k in d["clicks"])
+        return cls(
+            strategy=d["strategy"],
+            keys=list(d["keys"]),
+            clicks=clicks,
+            iou=np.asarray(d["iou"], dtype=np.float64).reshape(-1, len(clicks)),
+            noc={float(t): np.asarray(v, dtype=np.int64) for t, v in d["noc"].items()},
+            max_clicks=int(d["max_clicks"]),
+            skipped_empty=int(d["skipped_empty"]),
+        )
 
 
 def _mean(v: np.ndarray) -> float:

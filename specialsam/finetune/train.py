@@ -27,11 +27,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
 from specialsam.device import DeviceChoice, select_device
-from specialsam.finetune.clicks import append_tokens, sample_error_clicks
+from specialsam.finetune.click_training import ClickDraws, click_rounds_loss
+from specialsam.finetune.losses import binary_target, segmentation_loss
 from specialsam.finetune.pack import Pack, Split
 from specialsam.models.batched import decode_batched
 from specialsam.models.upsample import upsample_logits
@@ -121,35 +121,6 @@ class TrainResult:
         return ",".join(self.health) if self.health else "ok"
 
 
-def binary_target(soft: np.ndarray) -> np.ndarray:
-    """Soft uint8 frame mask -> bool; thin structures below half coverage still count."""
-    m = soft >= 128
-    return m if m.any() else soft > 0
-
-
-def segmentation_loss(
-    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, cfg: TrainConfig
-) -> torch.Tensor:
-    """Per-sample weighted BCE + Dice (+ focal) over the valid region; shapes (B, R, R)."""
-    area = valid.sum((-2, -1)).clamp(min=1)
-    losses = torch.zeros(logits.shape[0], device=logits.device)
-    if cfg.bce_weight or cfg.focal_weight:
-        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    if cfg.bce_weight:
-        losses = losses + cfg.bce_weight * (bce * valid).sum((-2, -1)) / area
-    if cfg.focal_weight:  # sigmoid focal loss (alpha 0.25, gamma 2), as SAM's paper
-        p = logits.sigmoid()
-        p_t = p * target + (1 - p) * (1 - target)
-        a_t = 0.25 * target + 0.75 * (1 - target)
-        losses = losses + cfg.focal_weight * (a_t * (1 - p_t) ** 2 * bce * valid).sum((-2, -1)) / area
-    if cfg.dice_weight:
-        p = logits.sigmoid() * valid
-        inter = (p * target).sum((-2, -1))
-        dice = 1 - (2 * inter + 1) / (p.sum((-2, -1)) + (target * valid).sum((-2, -1)) + 1)
-        losses = losses + cfg.dice_weight * dice
-    return losses
-
-
 def _valid_masks(split: Split, idx: list[int], res: int) -> torch.Tensor:
     v = torch.zeros(len(idx), res, res)
     for j, i in enumerate(idx):
@@ -200,7 +171,7 @@ def accumulate_gradients(
     for s in range(0, n, chunk):
         sl = slice(s, s + chunk)
         if clicks is not None and clicks.rounds:
-            total += _click_rounds_loss(
+            total += click_rounds_loss(
                 sam,
                 emb[sl].to(d),
                 coords[sl].to(d),
@@ -219,69 +190,6 @@ def accumulate_gradients(
         loss = segmentation_loss(logits.float(), target[sl].to(d), valid[sl].to(d), cfg).sum() / n
         loss.backward()
         total += loss.detach()
-    return total
-
-
-@dataclass
-class ClickDraws:
-    """A batch's random draws for its corrective-click rounds, drawn once per batch from the
-    training generator (so the rounds do not depend on ``micro_batch`` chunking or the device)."""
-
-    hard: torch.Tensor
-    """(B, R, R) bool targets the error regions are measured against (``binary_target``)."""
-    u: torch.Tensor
-    """(rounds, B) uniform draws that pick each round's point in the error region."""
-    use_mask: torch.Tensor
-    """(rounds, B) bool: whether the round feeds the previous logits back as mask prompt."""
-    scale: float
-    """Loss-resolution pixels -> model-input pixels."""
-
-    @property
-    def rounds(self) -> int:
-        return int(self.u.shape[0])
-
-    def slice(self, sl: slice, device: torch.device) -> ClickDraws:
-        return ClickDraws(
-            self.hard[sl].to(device), self.u[:, sl], self.use_mask[:, sl].to(device), self.scale
-        )
-
-
-def _click_rounds_loss(
-    sam: Sam,
-    emb: torch.Tensor,
-    coords: torch.Tensor,
-    labels: torch.Tensor,
-    target: torch.Tensor,
-    valid: torch.Tensor,
-    clicks: ClickDraws,
-    cfg: TrainConfig,
-    dev: DeviceChoice,
-    res: int,
-    n: int,
-) -> torch.Tensor:
-    """Backward of one chunk over its first prompt and ``clicks.rounds`` corrective rounds; returns
-    its share of the batch loss (the mean over rounds of the batch-mean loss).
-
-    Each round adds one point from the current prediction's error region (detached) and, where
-    ``use_mask``, feeds the previous low-res logits (detached) back as the mask prompt. Rounds are
-    independent graphs, so each is backpropagated at once (memory of one round)."""
-    total = torch.zeros((), device=emb.device)
-    low, n_rounds = None, clicks.rounds + 1
-    hard, in_image = clicks.hard, valid > 0
-    for r in range(n_rounds):
-        use = None if low is None else clicks.use_mask[r - 1]
-        with dev.autocast():
-            masks, _ = decode_batched(sam.mask_decoder, sam.prompt_encoder, emb, coords, labels, low, use)
-            logits = upsample_logits(masks[:, 0], res)
-        loss = segmentation_loss(logits.float(), target, valid, cfg).sum() / (n * n_rounds)
-        loss.backward()
-        total += loss.detach()
-        if r == n_rounds - 1:
-            break
-        u = clicks.u[r].to(emb.device)
-        xy, lab = sample_error_clicks(logits.detach() > 0, hard, in_image, u)
-        coords, labels = append_tokens(coords, labels, xy * clicks.scale, lab)
-        low = masks[:, :1].detach().float()
     return total
 
 

@@ -56,10 +56,19 @@ def pack_settings(cfg: SweepConfig) -> PackSettings:
     )
 
 
-def scoring(cfg: SweepConfig) -> Scoring:
-    """How a sweep scores baselines and trials (``eval:``)."""
+def scoring(cfg: SweepConfig, model: str) -> Scoring:
+    """How a sweep scores ``model``'s baselines and trials (``eval:``)."""
     e = cfg.eval
-    return Scoring(tuple(e.strategies), e.primary, e.mask_selection, e.extra_metrics)
+    return Scoring(
+        tuple(e.strategies),
+        e.primary,
+        e.mask_selection,
+        e.extra_metrics,
+        clicks=tuple(e.clicks),
+        noc_thresholds=tuple(e.noc_thresholds),
+        max_clicks=e.max_clicks,
+        feed_logits=e.feeds_logits(model),
+    )
 
 
 def retention_set(cfg: SweepConfig) -> list:
@@ -292,7 +301,7 @@ def _model_baselines(
     cfg, tracker = sweep.cfg, sweep.tracker
     strategies = list(cfg.eval.strategies)
     todo = [s for s in strategies if names.baseline_key(model, s) not in existing]
-    scores = score_decoder(sam, sweep.packs[model], scoring(cfg), sweep.dev, todo)
+    scores = score_decoder(sam, sweep.packs[model], scoring(cfg, model), sweep.dev, todo)
     out = []
     for strat in strategies:
         extra = scores.extra_miou if strat == cfg.eval.primary else {}
@@ -309,9 +318,11 @@ def _model_baselines(
             parent=sweep.parent,
         )
         tracker.log_params(run_id, names.baseline_params(model, strat))
-        retention = scores.retention_miou if strat == cfg.eval.primary else None
-        tracker.log_metrics(run_id, names.baseline_metrics(sc, retention, extra))
-        tracker.log_json(run_id, names.per_image_json(sc), names.PER_IMAGE_IOU)
+        primary = strat == cfg.eval.primary
+        retention = scores.retention_miou if primary else None
+        clicking = scores.interactive if primary else None
+        tracker.log_metrics(run_id, names.baseline_metrics(sc, retention, extra, clicking))
+        tracker.log_json(run_id, names.per_image_json(sc, clicking), names.PER_IMAGE_IOU)
         tracker.finish(run_id)
         out.append(BaselineResult(model, strat, sc.per_image_iou, dict(sc.per_category), extra))
     return out, scores.retention_miou
@@ -338,7 +349,7 @@ def sweep_context(cfg: SweepConfig, packs: dict[str, Pack], cache: EmbeddingCach
         phase=phase,
         packs={n: str(p.folder) for n, p in packs.items()},
         cache_dir=str(cache.root),
-        scoring=scoring(cfg),
+        scoring={m: scoring(cfg, m) for m in packs},
         train=train,
         threads=max(1, int(cfg.resources.cpus_per_trial)),
         **kw,
