@@ -201,7 +201,7 @@ def _cell(
         boot = paired_difference(
             arrays, [b.per_image_iou], n_boot, stable_seed(seed, "cell", b.model, b.prompt)
         )
-        gain, p_value = boot.ci(LEVEL), min(1.0, 2.0 * min(boot.p_greater(0.0), boot.p_less(0.0)))
+        gain, p_value = boot.ci(LEVEL), boot.p_two_sided(0.0)
     spec = float(np.mean([a.mean() for a in arrays])) if arrays else None
     predicted, observed, matched, verdict = _cell_verdict(b.miou, gain, threshold, decided=False)
     return BaselineCell(
