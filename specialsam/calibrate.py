@@ -79,10 +79,27 @@ class Truth:
     name: str
     gain: Callable[[float], float]
     baselines: tuple[float, ...] = CARPET_BASELINES
-    right: str = INCONCLUSIVE  # the verdict the truth calls for (inconclusive: neither is right)
+    right: str | None = None  # baseline rule: the verdict the truth calls for; data rule: from the curve
 
-    def wrong(self, verdict: str) -> bool:
-        return verdict != INCONCLUSIVE and verdict != self.right
+    def right_verdict(self, d: Design) -> str:
+        """The verdict the planted truth calls for (inconclusive: neither verdict is right).
+
+        Data rule, judged on the true curve with the design's margin: contradicted when some size
+        below the claim has a gain and lies within the margin of the best size at or above it;
+        supported when that best size has a gain and every smaller size falls short of it by more
+        than the margin."""
+        if self.right is not None:
+            return self.right
+        ref = max((n for n in d.grid if n >= d.claimed_n), key=self.gain, default=None)
+        small = [n for n in d.grid if n < d.claimed_n]
+        if ref is None or not small or self.gain(ref) <= 0:
+            return INCONCLUSIVE
+        gap = {n: self.gain(ref) - self.gain(n) for n in small}
+        if any(self.gain(n) > 0 and abs(gap[n]) < d.margin for n in small):
+            return CONTRADICTED
+        if all(gap[n] > d.margin for n in small):
+            return SUPPORTED
+        return INCONCLUSIVE
 
 
 def _saturating(total: float, tau: float) -> Callable[[float], float]:
@@ -101,14 +118,14 @@ def truths(threshold: float = 0.75) -> list[Truth]:
                 Truth("baseline", f"{size}, baselines {side} {threshold:g}", lambda n, g=g: g, bases, right)
             )
     curves = (
-        ("plateau by n = 125 (+0.042 at 125, +0.048 at 8,000)", 0.048, 60.0, CONTRADICTED),
-        ("plateau by n = 500 (+0.046 at 500, +0.048 at 8,000)", 0.048, 167.0, CONTRADICTED),
-        ("small plateau by n = 500 (+0.014 at 500, +0.015 at 8,000)", 0.015, 167.0, CONTRADICTED),
-        ("still rising past 5,000 (+0.031 at 2,000, +0.069 at 8,000)", 0.08, 4000.0, SUPPORTED),
-        ("still rising, modest (+0.012 at 2,000, +0.026 at 8,000)", 0.03, 4000.0, SUPPORTED),
-        ("no gain at any n", 0.0, 1000.0, INCONCLUSIVE),
+        ("plateau by n = 125 (+0.042 at 125, +0.048 at 8,000)", 0.048, 60.0),
+        ("plateau by n = 500 (+0.046 at 500, +0.048 at 8,000)", 0.048, 167.0),
+        ("small plateau by n = 500 (+0.014 at 500, +0.015 at 8,000)", 0.015, 167.0),
+        ("still rising past 5,000 (+0.031 at 2,000, +0.069 at 8,000)", 0.08, 4000.0),
+        ("still rising, modest (+0.012 at 2,000, +0.026 at 8,000)", 0.03, 4000.0),
+        ("no gain at any n", 0.0, 1000.0),
     )
-    out += [Truth("data", name, _saturating(total, tau), right=right) for name, total, tau, right in curves]
+    out += [Truth("data", name, _saturating(total, tau)) for name, total, tau in curves]
     return out
 
 
@@ -168,6 +185,7 @@ def verdict_of(truth: Truth, d: Design, baselines: list, trials: list, n_boot: i
 @dataclass
 class Row:
     truth: Truth
+    right: str  # the verdict the truth calls for under the design (inconclusive: neither)
     counts: Counter
     reps: int
 
@@ -176,11 +194,12 @@ class Row:
 
     @property
     def wrong(self) -> float:
-        return sum(c for v, c in self.counts.items() if self.truth.wrong(v)) / self.reps
+        """Share of decisive verdicts the truth does not call for."""
+        return sum(c for v, c in self.counts.items() if v not in (INCONCLUSIVE, self.right)) / self.reps
 
     @property
     def power(self) -> float | None:
-        return None if self.truth.right == INCONCLUSIVE else self.share(self.truth.right)
+        return None if self.right == INCONCLUSIVE else self.share(self.right)
 
 
 def calibrate(
@@ -194,7 +213,7 @@ def calibrate(
             rng = np.random.default_rng([seed, t_idx, r])
             baselines, trials = simulate_sweep(truth, design, rng)
             counts[verdict_of(truth, design, baselines, trials, n_boot, seed * 100_003 + r)] += 1
-        rows.append(Row(truth, counts, reps))
+        rows.append(Row(truth, truth.right_verdict(design), counts, reps))
     return rows
 
 
@@ -206,7 +225,7 @@ def format_table(rows: Sequence[Row]) -> str:
     ]
     for r in rows:
         power = "-" if r.power is None else f"{r.power:.0%}"
-        right = r.truth.right if r.truth.right != INCONCLUSIVE else "neither"
+        right = r.right if r.right != INCONCLUSIVE else "neither"
         out.append(
             f"| {r.truth.rule} | {r.truth.name} | {right} | "
             f"{r.share(SUPPORTED):.0%} | {r.share(CONTRADICTED):.0%} | {r.share(INCONCLUSIVE):.0%} | "
