@@ -259,7 +259,7 @@ def _parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="CI mode: 40 replicates, 200 bootstrap draws (<1 min)"
     )
     p.add_argument(
-        "--reps", type=int, default=None, help="simulated sweeps per truth (default 400; quick 40)"
+        "--reps", type=int, default=None, help="simulated sweeps per truth (default 1000; quick 40)"
     )
     p.add_argument("--n-boot", type=int, default=None, help="bootstrap draws per interval (default 400)")
     p.add_argument("--seed", type=int, default=0)
@@ -283,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if design.seeds < 2 or design.test_images < 2 or not 0 <= design.image_corr <= 1:
         print("calibrate: --seeds and --test-images must be >= 2 and --image-corr in [0, 1]", file=sys.stderr)
         return 2
-    reps = args.reps or (40 if args.quick else 400)
+    reps = args.reps or (40 if args.quick else 1000)
     n_boot = args.n_boot or (200 if args.quick else 400)
     start = time.perf_counter()
     only = [t for t in truths(design.threshold) if args.rule in (None, t.rule)]
