@@ -70,6 +70,8 @@ class TrialResult:
     base_retention_miou: float | None = None
     per_category: dict[str, dict[str, float]] = field(default_factory=dict)  # prompt -> category -> mIoU
     extra_miou: dict[str, float] = field(default_factory=dict)  # extra test set -> mIoU (primary prompt)
+    default_config: bool = False
+    """True for the phase-A trial that evaluates the default configuration (the spread's yardstick)."""
 
     def __post_init__(self) -> None:
         self.n_train = int(self.n_train)

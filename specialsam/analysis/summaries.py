@@ -140,6 +140,48 @@ def extra_breakdown(
     return _breakdown(selections, base, lambda t: t.extra_miou)
 
 
+@dataclass
+class TuneSpread:
+    """Phase A of one model: did tuning matter? Validation mIoU over its trials, and the default's."""
+
+    model: str
+    n_trials: int
+    best: float
+    median: float
+    worst: float
+    default: float | None  # None: no phase-A trial evaluated the default configuration
+
+    def describe_default(self) -> str:
+        if self.default is None:
+            return "default configuration not evaluated"
+        return f"{self.default:.3f} ({self.best - self.default:+.3f} from tuning)"
+
+
+def tune_spread(trials: Sequence[TrialResult]) -> list[TuneSpread]:
+    """Per model, best / median / worst validation mIoU of its phase-A (``tune``) trials.
+
+    Early-stopped trials count with the validation mIoU they reported; a wide spread with the
+    default near the top says tuning mattered little, a default near the bottom says it mattered."""
+    out = []
+    for m in sorted({t.model for t in trials if t.phase == "tune"}):
+        mine = [t for t in trials if t.model == m and t.phase == "tune" and np.isfinite(t.val_miou)]
+        if not mine:
+            continue
+        vals = np.array([t.val_miou for t in mine])
+        default = [t.val_miou for t in mine if t.default_config]
+        out.append(
+            TuneSpread(
+                m,
+                len(mine),
+                float(vals.max()),
+                float(np.median(vals)),
+                float(vals.min()),
+                float(np.mean(default)) if default else None,
+            )
+        )
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Recommendation and the terminal table
 # --------------------------------------------------------------------------------------------
@@ -168,17 +210,26 @@ def _primary_cells(baseline_report: BaselineRuleReport) -> tuple[list[BaselineCe
     return cells, prompt
 
 
-def _samples_line(curve: ModelCurve | None, sel: SelectedConfig) -> str | None:
-    """How much data the learning curve says is enough, if it says anything."""
+def _samples_line(curve: ModelCurve | None, sel: SelectedConfig, margin: float) -> str | None:
+    """How much data is enough: the direct comparison first, the fitted curve as description."""
     if curve is None:
         return None
     bits = []
-    if curve.fit.ok:
+    if curve.smallest_equivalent_n is not None and curve.reference_n is not None:
+        bits.append(
+            f"n = {curve.smallest_equivalent_n:,} already comes within ±{margin:g} mIoU of "
+            f"n = {curve.reference_n:,} (paired comparison on the same test images)"
+        )
+    if curve.fit.ok and not curve.fit.notes:
         lo95, hi95 = curve.fit.n95_ci
         bits.append(
             f"the learning curve covers 95% of its rise by n ~ {curve.fit.n95:,.0f} "
             f"[{lo95:,.0f}, {hi95:,.0f}]"
             + (f", so data beyond ~{hi95:,.0f} samples buys little" if hi95 < sel.n_train else "")
+        )
+    elif curve.fit.ok:
+        bits.append(
+            f"the fitted curve's n95 ~ {curve.fit.n95:,.0f} is flagged ({'; '.join(curve.fit.notes)})"
         )
     if curve.smallest_beating_n is not None:
         bits.append(f"n = {curve.smallest_beating_n:,} is the smallest grid size that beats the baseline")
@@ -197,7 +248,8 @@ def _fine_tune_lines(
         f"expected mIoU gain {best.gain.fmt()} (95% CI) on the `{best.prompt}` prompt, "
         f"{best.baseline_miou:.3f} -> {best.specialised_miou:.3f} over {best.n_seeds} seed(s)."
     ]
-    samples = _samples_line(data_report.curves.get(best.model) if data_report else None, sel)
+    curve = data_report.curves.get(best.model) if data_report else None
+    samples = _samples_line(curve, sel, data_report.margin if data_report else 0.01)
     if samples is not None:
         lines.append(samples)
     if best.n_seeds < 2:

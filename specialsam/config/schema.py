@@ -357,6 +357,8 @@ class RuleSettings(_Model):
     """Baseline rule: fine-tuning is predicted to help only below this baseline mIoU."""
     claimed_n: int = Field(5000, ge=1)
     """Data-volume rule: the claimed number of samples fine-tuning needs."""
+    margin: float = Field(0.01, gt=0, lt=1)
+    """Data-volume rule: mIoU difference below which two training-set sizes count as equivalent."""
 
 
 class StorageSettings(_Model):
