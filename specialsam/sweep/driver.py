@@ -448,7 +448,7 @@ def _phase_b(sweep: Sweep, common: dict[str, Any]) -> list:
 
 def finish(sweep: Sweep, baselines: Baselines, trials: list) -> SweepOutcome:
     """Stage 5: rules, report, export; the parent run finished and the state file marked done."""
-    results = trial_results(trials, baselines.retention)
+    results = trial_results(trials, baselines.retention, sweep.cfg)
     try:
         outcome = finish_report(
             sweep.tracker, sweep.parent, sweep.cfg, sweep.task.data, baselines.results, results

@@ -43,9 +43,22 @@ class SweepOutcome:
     data_kind: str = "real"
 
 
-def trial_from_record(trial_id: str, rec: TrialRecord, base_retention_miou: float | None) -> TrialResult:
-    """A trial's record (from its Tune checkpoint or its MLflow run) as the rules read it."""
+def trial_from_record(
+    trial_id: str,
+    rec: TrialRecord,
+    base_retention_miou: float | None,
+    default_point: dict[str, float] | None = None,
+) -> TrialResult:
+    """A trial's record (from its Tune checkpoint or its MLflow run) as the rules read it.
+
+    ``default_point``: the searched parameters' defaults (``SweepConfig.default_point``); the
+    phase-A trial run with exactly those is the report's "default configuration"."""
     p = rec.params
+    is_default = (
+        rec.phase == "tune"
+        and default_point is not None
+        and all(p.get(k) == v for k, v in default_point.items())
+    )
     return TrialResult(
         trial_id=trial_id,
         model=rec.model,
@@ -60,12 +73,16 @@ def trial_from_record(trial_id: str, rec: TrialRecord, base_retention_miou: floa
         base_retention_miou=base_retention_miou,
         per_category={s: v.per_category or {} for s, v in rec.test.items()},
         extra_miou=rec.extra_miou,
+        default_config=is_default,
     )
 
 
-def trial_results(trials: list[PhaseTrial], base_retention: dict[str, float | None]) -> list[TrialResult]:
+def trial_results(
+    trials: list[PhaseTrial], base_retention: dict[str, float | None], cfg: SweepConfig
+) -> list[TrialResult]:
+    point = cfg.default_point()
     return [
-        trial_from_record(t.key, t.record, base_retention.get(t.record.model))
+        trial_from_record(t.key, t.record, base_retention.get(t.record.model), point)
         for t in trials
         if t.record is not None
     ]
@@ -90,6 +107,7 @@ def finish_report(
             threshold=cfg.rules.threshold,
             primary_prompt=cfg.eval.primary,
             claimed_n=cfg.rules.claimed_n,
+            margin=cfg.rules.margin,
             seed=cfg.seed,
             protocol={
                 "prompt": cfg.eval.primary,
@@ -216,7 +234,8 @@ def logged_trials(tracker: Tracker, parent: str, cfg: SweepConfig) -> list[Trial
             continue
         rec = TrialRecord.from_dict(tracker.download_json(r.info.run_id, RESULT_FILE))
         trial_id = r.data.tags.get(names.TRIAL_ID, r.info.run_id)
-        out.append(trial_from_record(trial_id, rec, r.data.metrics.get(names.BASE_RETENTION_MIOU)))
+        base_ret = r.data.metrics.get(names.BASE_RETENTION_MIOU)
+        out.append(trial_from_record(trial_id, rec, base_ret, cfg.default_point()))
     return out
 
 
