@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from specialsam.analysis.baseline_rule import BaselineCell, BaselineRuleReport
+from specialsam.analysis.clicks_rule import ClicksReport
 from specialsam.analysis.data_rule import DataRuleReport, ModelCurve
 from specialsam.analysis.results import EXCLUDED_PARAM_KEYS, BaselineResult, TrialResult
 from specialsam.analysis.selection import SelectedConfig, fmt_params
@@ -296,6 +297,23 @@ def _retention_lines(best: BaselineCell, retention: Mapping[str, RetentionSummar
     return []
 
 
+def _clicks_lines(clicks: ClicksReport | None) -> list[str]:
+    """What the gain is worth once users click again (largest click budget), when it differs."""
+    if clicks is None or len(clicks.budgets) < 2:
+        return []
+    first, last = clicks.budgets[0], clicks.budgets[-1]
+    helped = {c[0] for c in first.cells if c[3] == "helps"}
+    still = {c[0] for c in last.cells if c[3] == "helps"}
+    if helped and not still:
+        return [
+            f"**Clicks**: the gain vanishes with interaction: {last.statement}. A few extra clicks per "
+            "object may be worth as much as fine-tuning (see 'Is fine-tuning worth more than a few clicks?')."
+        ]
+    if still and not helped:
+        return [f"**Clicks**: {last.statement}, though not after {first.clicks} click(s)."]
+    return [f"**Clicks**: {last.statement}."] if still else []
+
+
 def recommendation(
     baseline_report: BaselineRuleReport,
     data_report: DataRuleReport | None = None,
@@ -303,6 +321,7 @@ def recommendation(
     data_kind: str = "real",
     include_scope: bool = True,
     health: HealthSummary | None = None,
+    clicks: ClicksReport | None = None,
 ) -> str:
     """The actionable opening of the report: fine-tune (what, how) or don't (why), then its scope.
 
@@ -328,6 +347,7 @@ def recommendation(
         if n_unchanged:  # right under the verdict it qualifies
             lines.insert(1, "Caution: " + (unchanged_warning(n_unchanged, health.n_trials) or ""))
         lines += _retention_lines(best, retention)
+        lines += _clicks_lines(clicks)
     if include_scope:
         lines.append(scope_statement(data_kind))
     return "\n\n".join(lines)

@@ -36,6 +36,7 @@ from pydantic import (
 from specialsam.config._text import _Bad, _describe, _suggest, _unknown
 from specialsam.errors import UserError
 from specialsam.finetune.clicks import CLICKS, MAX_CLICKS, NOC_THRESHOLDS
+from specialsam.finetune.pipeline import Scoring
 from specialsam.finetune.train import MAX_CLICK_ROUNDS, SEARCHABLE, TrainConfig
 from specialsam.models.registry import MODEL_NAMES, get_spec
 from specialsam.prompts import STRATEGIES
@@ -451,6 +452,27 @@ class SweepConfig(_Model):
                 return None
             point[name] = v
         return point or None
+
+    def scoring(self, model: str) -> Scoring:
+        """How this sweep scores ``model``'s baselines and trials (``eval:``)."""
+        e = self.eval
+        return Scoring(
+            tuple(e.strategies),
+            e.primary,
+            e.mask_selection,
+            e.extra_metrics,
+            clicks=tuple(e.clicks),
+            noc_thresholds=tuple(e.noc_thresholds),
+            max_clicks=e.max_clicks,
+            feed_logits=e.feeds_logits(model),
+        )
+
+    def click_protocol(self) -> str:
+        """The interactive protocol of every model, in words (one phrase when they agree)."""
+        phrases = {m: self.scoring(m).protocol() for m in self.models}
+        if len(set(phrases.values())) == 1:
+            return next(iter(phrases.values()))
+        return "; ".join(f"{m}: {p}" for m, p in phrases.items())
 
     def startup_trials(self) -> int:
         """Optuna's random start: ``search.searcher.n_startup_trials``, else half the trials."""

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from specialsam.analysis.baseline_rule import BaselineRuleReport, baseline_rule
+from specialsam.analysis.clicks_rule import ClicksReport, clicks_rule
 from specialsam.analysis.data_rule import CurvePoint, DataRuleReport, ModelCurve, data_rule
 from specialsam.analysis.results import (
     TAG_BASELINE_RULE,
+    TAG_BASELINE_RULE_CLICKS,
     TAG_DATA_RULE,
     BaselineResult,
     TrialResult,
@@ -50,10 +52,20 @@ class ReportFiles:
     baseline_report: BaselineRuleReport
     data_report: DataRuleReport
     summary: list[dict[str, Any]]
+    clicks_report: ClicksReport | None = None
+    clicks_plot: Path | None = None
 
     @property
     def tags(self) -> dict[str, str]:
-        return {TAG_BASELINE_RULE: self.verdict_baseline_rule, TAG_DATA_RULE: self.verdict_data_rule}
+        tags = {TAG_BASELINE_RULE: self.verdict_baseline_rule, TAG_DATA_RULE: self.verdict_data_rule}
+        for b in self.clicks_report.budgets if self.clicks_report else []:
+            tags[f"{TAG_BASELINE_RULE_CLICKS}{b.clicks}"] = b.verdict
+        return tags
+
+    @property
+    def plots(self) -> list[Path]:
+        """Every plot the report links, for logging beside it."""
+        return [p for p in (self.gain_plot, self.curve_plot, self.clicks_plot) if p is not None]
 
 
 def _f3(v: float | None) -> str:
@@ -76,6 +88,7 @@ def _opening(
     health: HealthSummary,
     retention: Mapping[str, RetentionSummary],
     protocol: Mapping[str, Any] | None,
+    clicks: ClicksReport | None = None,
 ) -> list[str]:
     """Title, procedural warning, the recommendation, then scope and protocol."""
     out = [f"# SpecialSAM report: task `{task}`", ""]
@@ -84,7 +97,7 @@ def _opening(
             "> **Procedural data**: the real dataset was absent; these numbers demonstrate the method only.",
             "",
         ]
-    rec = recommendation(br, dr, retention, data_kind, include_scope=False, health=health)
+    rec = recommendation(br, dr, retention, data_kind, include_scope=False, health=health, clicks=clicks)
     out += ["## Recommendation", "", rec, ""]
     out += ["## Scope and protocol", "", scope_statement(data_kind), ""]
     if protocol:
@@ -234,6 +247,44 @@ def calibrate_command(dr: DataRuleReport, br: BaselineRuleReport, n_seeds: int, 
     return " ".join(parts)
 
 
+def _clicks_section(cr: ClicksReport) -> list[str]:
+    """mIoU after k clicks and NoC, base vs specialised; the baseline rule per click budget."""
+    if not cr.available:
+        return []
+    out = ["## Is fine-tuning worth more than a few clicks?", ""]
+    if cr.protocol:
+        out += [f"Protocol: {cr.protocol}.", ""]
+    for b in cr.budgets:
+        cells = "; ".join(
+            f"`{m}` baseline {bl:.3f}, gain {g.fmt()} ({obs}, Holm p {p:.3g})" for m, bl, g, obs, p in b.cells
+        )
+        out.append(f"- **{b.statement}**: baseline rule at {b.clicks} click(s) **{b.verdict}** ({cells})")
+    out.append("")
+    for m, mc in sorted(cr.models.items()):
+        out += [
+            f"### `{m}` ({mc.n_images} objects, {mc.n_seeds} seed(s), NoC capped at {mc.max_clicks})",
+            "",
+            "| interactions | base mIoU | specialised mIoU | gain [95% CI] |",
+            "|---|---|---|---|",
+            *(f"| {p.clicks} | {p.base_miou:.3f} | {p.spec_miou:.3f} | {p.gain.fmt()} |" for p in mc.points),
+            "",
+        ]
+        if mc.noc:
+            out += [
+                "| NoC@IoU | base clicks (reached) | specialised clicks (reached) "
+                "| clicks saved per object [95% CI] |",
+                "|---|---|---|---|",
+                *(
+                    f"| {r.threshold:.0%} | {r.base_noc:.2f} ({r.base_reached:.0%}) | {r.spec_noc:.2f} "
+                    f"({r.spec_reached:.0%}) | {r.saved.fmt(2)} |"
+                    for r in mc.noc
+                ),
+                "",
+            ]
+    out += ["![mIoU vs clicks](clicks_curve.png)", ""]
+    return out
+
+
 def _health_section(health: HealthSummary) -> list[str]:
     """Training health: how many trials carry each flag, and the unchanged-decoder warning."""
     return [
@@ -310,9 +361,11 @@ def _markdown(
     categories: Sequence[BreakdownRow] = (),
     spread: Sequence[TuneSpread] = (),
     calibrate_cmd: str = "python -m specialsam.calibrate",
+    clicks: ClicksReport | None = None,
 ) -> str:
-    out = _opening(task, data_kind, br, dr, health, retention, protocol)
+    out = _opening(task, data_kind, br, dr, health, retention, protocol, clicks)
     out += _baseline_section(br, calibrate_cmd)
+    out += _clicks_section(clicks) if clicks else []
     out += _tune_section(spread)
     out += _data_section(dr, calibrate_cmd)
     out += _health_section(health)
@@ -336,6 +389,7 @@ def write_report(
     n_boot_curve: int = 300,
     seed: int = 0,
     protocol: Mapping[str, Any] | None = None,
+    click_protocol: str = "",
 ) -> ReportFiles:
     """Analyse, then write ``report.md``, ``gain_vs_baseline.png`` and ``learning_curve.png``."""
     out_dir = Path(out_dir)
@@ -349,8 +403,9 @@ def write_report(
     categories = category_breakdown(br.selections, baselines, primary_prompt)
     n_seeds = max((len(p.per_seed) for cv in dr.curves.values() for p in cv.points), default=0)
     cmd = calibrate_command(dr, br, n_seeds, check_alignment(baselines, trials) or 0)
+    cr = clicks_rule(baselines, br.selections, primary_prompt, threshold, click_protocol, n_boot, seed)
     text = _markdown(
-        task, data_kind, br, dr, health, retention, protocol, extras, categories, tune_spread(trials), cmd
+        task, data_kind, br, dr, health, retention, protocol, extras, categories, tune_spread(trials), cmd, cr
     )
     report_md.write_text(text, encoding="utf-8")
     gain_plot = plots.plot_gain_vs_baseline(
@@ -359,4 +414,20 @@ def write_report(
     curve_plot = plots.plot_learning_curve(
         dr, out_dir / "learning_curve.png", title=f"{task}: learning curve"
     )
-    return ReportFiles(report_md, gain_plot, curve_plot, br.verdict, dr.verdict, br, dr, summary_rows(br, dr))
+    clicks_plot = None
+    if cr.available:
+        clicks_plot = plots.plot_clicks_curve(
+            cr, out_dir / "clicks_curve.png", title=f"{task}: mIoU vs clicks"
+        )
+    return ReportFiles(
+        report_md,
+        gain_plot,
+        curve_plot,
+        br.verdict,
+        dr.verdict,
+        br,
+        dr,
+        summary_rows(br, dr),
+        cr,
+        clicks_plot,
+    )

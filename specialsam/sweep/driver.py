@@ -22,10 +22,18 @@ from specialsam.config import SweepConfig, config_to_dict
 from specialsam.errors import UserError
 from specialsam.finetune.cache import EmbeddingCache
 from specialsam.finetune.pack import Pack, PackSettings, build_pack, model_identity
-from specialsam.finetune.pipeline import Scoring, score_decoder
+from specialsam.finetune.pipeline import score_decoder
 from specialsam.models.registry import load_model
 from specialsam.sweep import mlflow_runs as names
-from specialsam.sweep.finish import SweepOutcome, cleanup_trials, export_best, finish_report, trial_results
+from specialsam.sweep.finish import (
+    SweepOutcome,
+    cleanup_trials,
+    click_fields,
+    export_best,
+    finish_report,
+    logged_click_fields,
+    trial_results,
+)
 from specialsam.sweep.outputs import (
     RunOptions,
     cache_root,
@@ -53,21 +61,6 @@ def pack_settings(cfg: SweepConfig) -> PackSettings:
         flip=cfg.train.flip,
         strategies=tuple(cfg.eval.strategies),
         primary=cfg.eval.primary,
-    )
-
-
-def scoring(cfg: SweepConfig, model: str) -> Scoring:
-    """How a sweep scores ``model``'s baselines and trials (``eval:``)."""
-    e = cfg.eval
-    return Scoring(
-        tuple(e.strategies),
-        e.primary,
-        e.mask_selection,
-        e.extra_metrics,
-        clicks=tuple(e.clicks),
-        noc_thresholds=tuple(e.noc_thresholds),
-        max_clicks=e.max_clicks,
-        feed_logits=e.feeds_logits(model),
     )
 
 
@@ -301,15 +294,16 @@ def _model_baselines(
     cfg, tracker = sweep.cfg, sweep.tracker
     strategies = list(cfg.eval.strategies)
     todo = [s for s in strategies if names.baseline_key(model, s) not in existing]
-    scores = score_decoder(sam, sweep.packs[model], scoring(cfg, model), sweep.dev, todo)
+    scores = score_decoder(sam, sweep.packs[model], cfg.scoring(model), sweep.dev, todo)
     out = []
     for strat in strategies:
         extra = scores.extra_miou if strat == cfg.eval.primary else {}
         run = existing.get(names.baseline_key(model, strat))
         if run is not None:
-            per = tracker.download_json(run.info.run_id, names.PER_IMAGE_IOU)["iou"]
+            per = tracker.download_json(run.info.run_id, names.PER_IMAGE_IOU)
             cats = names.with_prefix(run.data.metrics, names.CATEGORY_PREFIX)
-            out.append(BaselineResult(model, strat, np.asarray(per), cats, extra))
+            clicked = logged_click_fields(per)
+            out.append(BaselineResult(model, strat, np.asarray(per["iou"]), cats, extra, **clicked))
             continue
         sc = scores.test[strat]
         run_id = tracker.create_run(
@@ -324,7 +318,8 @@ def _model_baselines(
         tracker.log_metrics(run_id, names.baseline_metrics(sc, retention, extra, clicking))
         tracker.log_json(run_id, names.per_image_json(sc, clicking), names.PER_IMAGE_IOU)
         tracker.finish(run_id)
-        out.append(BaselineResult(model, strat, sc.per_image_iou, dict(sc.per_category), extra))
+        clicked = click_fields(clicking)
+        out.append(BaselineResult(model, strat, sc.per_image_iou, dict(sc.per_category), extra, **clicked))
     return out, scores.retention_miou
 
 
@@ -349,7 +344,7 @@ def sweep_context(cfg: SweepConfig, packs: dict[str, Pack], cache: EmbeddingCach
         phase=phase,
         packs={n: str(p.folder) for n, p in packs.items()},
         cache_dir=str(cache.root),
-        scoring={m: scoring(cfg, m) for m in packs},
+        scoring={m: cfg.scoring(m) for m in packs},
         train=train,
         threads=max(1, int(cfg.resources.cpus_per_trial)),
         **kw,

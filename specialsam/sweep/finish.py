@@ -19,6 +19,7 @@ from specialsam.analysis.results import BaselineResult, TrialResult
 from specialsam.analysis.summaries import format_summary
 from specialsam.config import SweepConfig
 from specialsam.errors import UserError, disk_full
+from specialsam.finetune.clicks import InteractiveScores
 from specialsam.finetune.records import RESULT_FILE, TrialRecord
 from specialsam.report.markdown import write_report
 from specialsam.sweep import mlflow_runs as names
@@ -41,6 +42,23 @@ class SweepOutcome:
     baselines: list[BaselineResult]
     tracking_uri: str
     data_kind: str = "real"
+
+
+def click_fields(scores: InteractiveScores | None) -> dict[str, Any]:
+    """A decoder's interactive scores as the rules read them (``BaselineResult``/``TrialResult`` fields)."""
+    if scores is None:
+        return {}
+    return {
+        "clicks_iou": {k: scores.iou[:, j] for j, k in enumerate(scores.clicks)},
+        "noc": {t: v.astype(float) for t, v in scores.noc.items()},
+        "max_clicks": scores.max_clicks,
+    }
+
+
+def logged_click_fields(per_image: dict[str, Any]) -> dict[str, Any]:
+    """``click_fields`` of a baseline run's per-image file (only the primary strategy's has them)."""
+    raw = per_image.get("interactive")
+    return click_fields(InteractiveScores.from_dict(raw)) if raw else {}
 
 
 def trial_from_record(
@@ -74,6 +92,7 @@ def trial_from_record(
         per_category={s: v.per_category or {} for s, v in rec.test.items()},
         extra_miou=rec.extra_miou,
         default_config=is_default,
+        **click_fields(rec.interactive_scores()),
     )
 
 
@@ -109,6 +128,7 @@ def finish_report(
             claimed_n=cfg.rules.claimed_n,
             margin=cfg.rules.margin,
             seed=cfg.seed,
+            click_protocol=cfg.click_protocol(),
             protocol={
                 "prompt": cfg.eval.primary,
                 "mask_selection": cfg.eval.mask_selection,
@@ -117,7 +137,7 @@ def finish_report(
                 "data": data_kind,
             },
         )
-        for f in (rep.report_md, rep.gain_plot, rep.curve_plot):
+        for f in (rep.report_md, *rep.plots):
             tracker.log_artifact(parent, f, "rules")
         summary = format_summary(rep.summary)
     tracker.set_tags(parent, rep.tags)
@@ -213,15 +233,16 @@ def analyze_only(cfg: SweepConfig, opts: RunOptions, parent: str) -> SweepOutcom
 def logged_baselines(tracker: Tracker, parent: str) -> list[BaselineResult]:
     out = []
     for r in tracker.children(parent, names.ROLE_BASELINE):
-        per = tracker.download_json(r.info.run_id, names.PER_IMAGE_IOU)["iou"]
+        per = tracker.download_json(r.info.run_id, names.PER_IMAGE_IOU)
         metrics = r.data.metrics
         out.append(
             BaselineResult(
                 r.data.params["model"],
                 r.data.params["strategy"],
-                np.asarray(per),
+                np.asarray(per["iou"]),
                 names.with_prefix(metrics, names.CATEGORY_PREFIX),
                 names.with_prefix(metrics, names.EXTRA_PREFIX),
+                **logged_click_fields(per),
             )
         )
     return out
