@@ -132,13 +132,22 @@ def make_prompt(
 
 
 def training_prompt(
-    mask: np.ndarray, rng: np.random.Generator, point_fraction: float, box_jitter: float = 0.1
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    point_fraction: float,
+    box_jitter: float = 0.1,
+    extreme_fraction: float = 0.0,
 ) -> Prompt | None:
-    """SAM-style training prompt: with probability ``point_fraction`` one random point inside the
-    mask, else the tight box with each coordinate jittered by up to ``box_jitter`` of its side."""
+    """SAM-style training prompt: with probability ``extreme_fraction`` the four extreme points
+    jittered by :data:`EXTREME_JITTER_PX` (``extreme4``'s training form, as DEXTR), else with
+    probability ``point_fraction`` one random point inside the mask, else the tight box with each
+    coordinate jittered by up to ``box_jitter`` of its side. (No draw is spent on extreme points
+    when ``extreme_fraction`` is 0, so earlier prompt sequences are unchanged.)"""
     mask = np.asarray(mask, bool)
     if not mask.any():
         return None
+    if extreme_fraction and rng.random() < extreme_fraction:
+        return _points(extreme_points(mask, rng, EXTREME_JITTER_PX))
     if rng.random() < point_fraction:
         ys, xs = np.nonzero(mask)
         i = int(rng.integers(len(xs)))
@@ -153,6 +162,18 @@ def training_prompt(
         float(np.clip(x1 + j[2], 0, w - 1)),
         float(np.clip(y1 + j[3], 0, h - 1)),
     )
+
+
+def stack_prompts(prompts: list[Prompt]) -> tuple[np.ndarray, np.ndarray]:
+    """(B, K, 2) coordinates and (B, K) labels of prompts of different lengths, each padded to the
+    longest with SAM's padding token (label -1); prompts of one length are simply stacked."""
+    k = max(len(p.labels) for p in prompts)
+    coords = np.zeros((len(prompts), k, 2), np.float32)
+    labels = np.full((len(prompts), k), PAD_LABEL, np.int64)
+    for i, p in enumerate(prompts):
+        coords[i, : len(p.labels)] = p.coords
+        labels[i, : len(p.labels)] = p.labels
+    return coords, labels
 
 
 def to_model_coords(prompt: Prompt, original_hw: tuple[int, int], model_side: int) -> np.ndarray:

@@ -306,3 +306,26 @@ def test_click_settings_reach_the_trial_config(tmp_path):
     searched = cfg.train_config({**cfg.base_params(), "click_rounds": 2.0}, 8, 0)
     searched.validate()
     assert searched.click_rounds == 2 and isinstance(searched.click_rounds, int)
+
+
+def test_extreme_points_reach_training_as_jittered_prompts_padded_beside_points_and_boxes():
+    """``train.extreme_fraction``: extreme4's training form (jittered by up to EXTREME_JITTER_PX, on
+    the mask), stacked with 2-token point/box prompts by padding; 0 draws nothing extra."""
+    from specialsam.prompts import stack_prompts, training_prompt
+
+    mask = np.zeros((64, 64), bool)
+    mask[10:50, 20:40] = True
+    rng = np.random.default_rng(0)
+    drawn = [training_prompt(mask, rng, 0.5, extreme_fraction=0.5) for _ in range(40)]
+    four = [p for p in drawn if len(p.labels) == 5]
+    assert 5 < len(four) < 35 and all(mask[int(y), int(x)] for p in four for x, y in p.coords[:4])
+    exact = extreme_points(mask, np.random.default_rng(0), 0)
+    axis = [1, 1, 0, 0]  # top/bottom: y is the extreme coordinate; left/right: x
+    off = np.array([[abs(p.coords[j, a] - exact[j, a]) for j, a in enumerate(axis)] for p in four])
+    assert off.max() <= EXTREME_JITTER_PX and off.max() > 0  # jittered, within DEXTR's 5 px
+    coords, labels = stack_prompts(drawn)
+    assert coords.shape == (40, 5, 2) and (labels[[len(p.labels) == 2 for p in drawn], 2:] == -1).all()
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    plain = [training_prompt(mask, a, 0.5) for _ in range(10)]
+    zero = [training_prompt(mask, b, 0.5, extreme_fraction=0.0) for _ in range(10)]
+    assert all(np.array_equal(p.coords, q.coords) for p, q in zip(plain, zero, strict=True))

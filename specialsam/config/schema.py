@@ -126,7 +126,7 @@ class Param(_Model):
 
 
 def _check_param_range(name: str, p: Param) -> None:
-    """Per-parameter bounds: lr > 0; loss weights and weight decay >= 0; point_fraction in [0, 1]."""
+    """Per-parameter bounds: lr > 0; loss weights and weight decay >= 0; point_fraction and extreme_fraction in [0, 1]."""
     where = {"fixed": "value", "choice": "values"}.get(p.type)
     checks: list[tuple[str, float]] = []  # (field, value)
     if where == "value":
@@ -140,7 +140,7 @@ def _check_param_range(name: str, p: Param) -> None:
             raise _Bad(f"{name}.{field}", f"{{key}} must be > 0 (got {v:g})")
         if name in (*LOSS_WEIGHTS, "weight_decay") and v < 0:
             raise _Bad(f"{name}.{field}", f"{{key}} must be >= 0 (got {v:g})")
-        if name == "point_fraction" and not 0 <= v <= 1:
+        if name in ("point_fraction", "extreme_fraction") and not 0 <= v <= 1:
             raise _Bad(f"{name}.{field}", f"{{key}} must be within [0, 1] (got {v:g})")
         if name == "click_rounds" and not (float(v).is_integer() and 0 <= v <= MAX_CLICK_ROUNDS):
             bound = f"[0, {MAX_CLICK_ROUNDS}]"

@@ -35,7 +35,7 @@ from specialsam.finetune.losses import binary_target, segmentation_loss
 from specialsam.finetune.pack import Pack, Split
 from specialsam.models.batched import decode_batched
 from specialsam.models.upsample import upsample_logits
-from specialsam.prompts import training_prompt
+from specialsam.prompts import stack_prompts, training_prompt
 
 MAX_CLICK_ROUNDS = 16
 """Upper bound of ``click_rounds`` (micro-sam trains with 8; each round is one more decoder pass)."""
@@ -53,6 +53,7 @@ SEARCHABLE: tuple[str, ...] = (
     "point_fraction",
     "weight_decay",
     "click_rounds",
+    "extreme_fraction",
 )
 """The TrainConfig fields a sweep may search (``search.space`` keys); the rest are shared settings."""
 
@@ -78,6 +79,9 @@ class TrainConfig:
     """Samples per forward/backward chunk, gradients accumulated (0: auto, see ``micro_batch_size``)."""
     seed: int = 0
     click_rounds: int = 0
+    extreme_fraction: float = 0.0
+    """Share of training prompts that are the four jittered extreme points (``extreme4``'s training
+    form); the rest are points or boxes by ``point_fraction``."""
     """Corrective-click rounds after the first prompt (0: off): each adds a point sampled from the
     current prediction's error region, the previous logits as mask prompt half of the time, and
     the loss is averaged over all rounds (the SAM paper's and micro-sam's iterative training)."""
@@ -96,6 +100,8 @@ class TrainConfig:
             raise UserError("bce_weight, dice_weight and focal_weight are all 0: the loss would be empty")
         if not 0 <= self.point_fraction <= 1:
             raise UserError(f"point_fraction must be in [0, 1], got {self.point_fraction}")
+        if not 0 <= self.extreme_fraction <= 1:
+            raise UserError(f"extreme_fraction must be in [0, 1], got {self.extreme_fraction}")
         if self.n_train < 1 or self.epochs < 1 or self.batch_size < 1:
             raise UserError("n_train, epochs and batch_size must be >= 1")
         rounds = self.click_rounds
@@ -311,7 +317,10 @@ def _make_batch(
     """Draw one training prompt per image (``rng``); images without a usable prompt are dropped,
     and a batch left empty is None."""
     soft = np.stack([np.asarray(train.masks[i]) for i in idx])
-    prompts = [training_prompt(binary_target(m), rng, cfg.point_fraction) for m in soft]
+    prompts = [
+        training_prompt(binary_target(m), rng, cfg.point_fraction, extreme_fraction=cfg.extreme_fraction)
+        for m in soft
+    ]
     keep = [j for j, p in enumerate(prompts) if p is not None]
     if not keep:
         return None
@@ -324,10 +333,11 @@ def _make_batch(
             use_mask=torch.from_numpy(rng.random((cfg.click_rounds, len(keep))) < 0.5),
             scale=side / res,
         )
+    coords, labels = stack_prompts([prompts[j] for j in keep])
     return _Batch(
         idx=idx,
-        coords=torch.from_numpy(np.stack([prompts[j].coords for j in keep]) * (side / res)),
-        labels=torch.from_numpy(np.stack([prompts[j].labels for j in keep])),
+        coords=torch.from_numpy(coords * (side / res)),
+        labels=torch.from_numpy(labels),
         target=torch.from_numpy(soft[keep].astype(np.float32) / 255.0),
         emb=torch.from_numpy(train.embeddings(idx)),
         valid=_valid_masks(train, idx, res),
