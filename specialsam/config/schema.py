@@ -126,7 +126,7 @@ class Param(_Model):
 
 
 def _check_param_range(name: str, p: Param) -> None:
-    """Per-parameter bounds: lr > 0; loss weights and weight decay >= 0; point_fraction and extreme_fraction in [0, 1]."""
+    """Per-parameter bounds: lr > 0; loss weights, weight decay >= 0; point/extreme fraction in [0, 1]."""
     where = {"fixed": "value", "choice": "values"}.get(p.type)
     checks: list[tuple[str, float]] = []  # (field, value)
     if where == "value":

@@ -8,7 +8,7 @@ is averaged over rounds. ``train.click_rounds`` = 0 never reaches this module.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from segment_anything.modeling import Sam
@@ -44,18 +44,18 @@ class ClickDraws:
         )
 
 
+class Chunk(NamedTuple):
+    """One chunk of a training batch on the device: embeddings, first prompts, targets, valid area."""
+
+    emb: torch.Tensor
+    coords: torch.Tensor
+    labels: torch.Tensor
+    target: torch.Tensor
+    valid: torch.Tensor
+
+
 def click_rounds_loss(
-    sam: Sam,
-    emb: torch.Tensor,
-    coords: torch.Tensor,
-    labels: torch.Tensor,
-    target: torch.Tensor,
-    valid: torch.Tensor,
-    clicks: ClickDraws,
-    cfg: Any,
-    dev: DeviceChoice,
-    res: int,
-    n: int,
+    sam: Sam, chunk: Chunk, clicks: ClickDraws, cfg: Any, dev: DeviceChoice, res: int, n: int
 ) -> torch.Tensor:
     """Backward of one chunk over its first prompt and ``clicks.rounds`` corrective rounds; returns
     its share of the batch loss (the mean over rounds of the batch-mean loss).
@@ -63,6 +63,7 @@ def click_rounds_loss(
     Each round adds one point from the current prediction's error region (detached) and, where
     ``use_mask``, feeds the previous low-res logits (detached) back as the mask prompt. Rounds are
     independent graphs, so each is backpropagated at once (memory of one round)."""
+    emb, coords, labels, target, valid = chunk
     total = torch.zeros((), device=emb.device)
     low, n_rounds = None, clicks.rounds + 1
     hard, in_image = clicks.hard, valid > 0

@@ -30,7 +30,7 @@ import torch
 from segment_anything.modeling import Sam
 
 from specialsam.device import DeviceChoice, select_device
-from specialsam.finetune.click_training import ClickDraws, click_rounds_loss
+from specialsam.finetune.click_training import Chunk, ClickDraws, click_rounds_loss
 from specialsam.finetune.losses import binary_target, segmentation_loss
 from specialsam.finetune.pack import Pack, Split
 from specialsam.models.batched import decode_batched
@@ -177,19 +177,8 @@ def accumulate_gradients(
     for s in range(0, n, chunk):
         sl = slice(s, s + chunk)
         if clicks is not None and clicks.rounds:
-            total += click_rounds_loss(
-                sam,
-                emb[sl].to(d),
-                coords[sl].to(d),
-                labels[sl].to(d),
-                target[sl].to(d),
-                valid[sl].to(d),
-                clicks.slice(sl, d),
-                cfg,
-                dev,
-                res,
-                n,
-            )
+            part = Chunk(*(t[sl].to(d) for t in (emb, coords, labels, target, valid)))
+            total += click_rounds_loss(sam, part, clicks.slice(sl, d), cfg, dev, res, n)
             continue
         with dev.autocast():
             logits = batch_logits(sam, emb[sl].to(d), coords[sl].to(d), labels[sl].to(d), res)
