@@ -12,9 +12,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-STRATEGIES: tuple[str, ...] = ("center", "edge", "grid4", "random3", "box", "loose_box")
+STRATEGIES: tuple[str, ...] = ("center", "edge", "grid4", "random3", "box", "loose_box", "extreme4")
 """centre of mass (snapped inside), a boundary point, a 2x2 grid of points snapped inside,
-three random points, the tight box, the box grown by 20% of its size on every side."""
+three random points, the tight box, the box grown by 20% of its size on every side, the four
+extreme points (top, bottom, left-most, right-most mask pixels: DEXTR's clicks, which annotators
+place faster than a box and which beat loose boxes)."""
+
+EXTREME_JITTER_PX = 5
+"""Training jitter of ``extreme4``: each point is any mask pixel within this many pixels of its
+extreme coordinate (DEXTR's ``pert=5``); evaluation uses the exact extreme (``jitter_px=0``)."""
 
 PAD_LABEL, NEG_LABEL, POS_LABEL, BOX_TL, BOX_BR = -1, 0, 1, 2, 3
 
@@ -62,11 +68,40 @@ def boundary_pixels(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.nonzero(mask & ~inner)
 
 
-def make_prompt(mask: np.ndarray, strategy: str, rng: np.random.Generator) -> Prompt | None:
-    """The prompt of ``strategy`` for ``mask``; None when the mask is empty (caller counts skips)."""
+def extreme_points(
+    mask: np.ndarray, rng: np.random.Generator | None = None, jitter_px: int = 0
+) -> np.ndarray:
+    """(4, 2) x, y of the top, bottom, left-most and right-most mask pixels.
+
+    Exact (``jitter_px=0``): among the pixels on the extreme row/column, the middle one (sorted
+    along the other axis), so the points are deterministic. With ``jitter_px`` and ``rng``: a random
+    mask pixel at most ``jitter_px`` from the extreme, as DEXTR trains; points always stay inside."""
+    ys, xs = np.nonzero(mask)
+    out = []
+    for along, other, sign in ((ys, xs, 1), (ys, xs, -1), (xs, ys, 1), (xs, ys, -1)):
+        key = sign * along  # top: smallest y, bottom: largest y, left: smallest x, right: largest x
+        near = np.nonzero(key <= key.min() + jitter_px)[0]
+        if jitter_px and rng is not None:
+            i = int(near[rng.integers(len(near))])
+        else:
+            exact = near[np.argsort(other[near], kind="stable")]
+            i = int(exact[(len(exact) - 1) // 2])
+        out.append((xs[i], ys[i]))
+    return np.asarray(out, np.float32)
+
+
+def make_prompt(
+    mask: np.ndarray, strategy: str, rng: np.random.Generator, jitter_px: int = 0
+) -> Prompt | None:
+    """The prompt of ``strategy`` for ``mask``; None when the mask is empty (caller counts skips).
+
+    ``jitter_px`` perturbs the strategies that have a training form (``extreme4``: see
+    :data:`EXTREME_JITTER_PX`); evaluation prompts use 0."""
     mask = np.asarray(mask, bool)
     if not mask.any():
         return None
+    if strategy == "extreme4":
+        return _points(extreme_points(mask, rng, jitter_px))
     if strategy == "center":
         ys, xs = np.nonzero(mask)
         return _points(_snap_inside(mask, xs.mean(), ys.mean()))
@@ -97,13 +132,22 @@ def make_prompt(mask: np.ndarray, strategy: str, rng: np.random.Generator) -> Pr
 
 
 def training_prompt(
-    mask: np.ndarray, rng: np.random.Generator, point_fraction: float, box_jitter: float = 0.1
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    point_fraction: float,
+    box_jitter: float = 0.1,
+    extreme_fraction: float = 0.0,
 ) -> Prompt | None:
-    """SAM-style training prompt: with probability ``point_fraction`` one random point inside the
-    mask, else the tight box with each coordinate jittered by up to ``box_jitter`` of its side."""
+    """SAM-style training prompt: with probability ``extreme_fraction`` the four extreme points
+    jittered by :data:`EXTREME_JITTER_PX` (``extreme4``'s training form, as DEXTR), else with
+    probability ``point_fraction`` one random point inside the mask, else the tight box with each
+    coordinate jittered by up to ``box_jitter`` of its side. (No draw is spent on extreme points
+    when ``extreme_fraction`` is 0, so earlier prompt sequences are unchanged.)"""
     mask = np.asarray(mask, bool)
     if not mask.any():
         return None
+    if extreme_fraction and rng.random() < extreme_fraction:
+        return _points(extreme_points(mask, rng, EXTREME_JITTER_PX))
     if rng.random() < point_fraction:
         ys, xs = np.nonzero(mask)
         i = int(rng.integers(len(xs)))
@@ -118,6 +162,18 @@ def training_prompt(
         float(np.clip(x1 + j[2], 0, w - 1)),
         float(np.clip(y1 + j[3], 0, h - 1)),
     )
+
+
+def stack_prompts(prompts: list[Prompt]) -> tuple[np.ndarray, np.ndarray]:
+    """(B, K, 2) coordinates and (B, K) labels of prompts of different lengths, each padded to the
+    longest with SAM's padding token (label -1); prompts of one length are simply stacked."""
+    k = max(len(p.labels) for p in prompts)
+    coords = np.zeros((len(prompts), k, 2), np.float32)
+    labels = np.full((len(prompts), k), PAD_LABEL, np.int64)
+    for i, p in enumerate(prompts):
+        coords[i, : len(p.labels)] = p.coords
+        labels[i, : len(p.labels)] = p.labels
+    return coords, labels
 
 
 def to_model_coords(prompt: Prompt, original_hw: tuple[int, int], model_side: int) -> np.ndarray:

@@ -14,6 +14,7 @@ config, so the figures are that sweep's (the CLI's own defaults differ, e.g. ima
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from dataclasses import dataclass
@@ -99,6 +100,7 @@ def format_table(run: TrialRun) -> str:
         s = spec.test[strat]
         mean, lo, hi = bootstrap_ci(s.per_image_iou - b.per_image_iou)
         rows.append(f"{strat:<10} {b.miou:>9.4f} {s.miou:>12.4f} {mean:>+8.4f}   [{lo:+.4f}, {hi:+.4f}]")
+    rows += _click_rows(run.baseline.interactive, spec.interactive)
     for name, b in run.baseline.extra.items():
         s = spec.extra[name]
         mean, lo, hi = bootstrap_ci(s.per_image_iou - b.per_image_iou)
@@ -106,6 +108,28 @@ def format_table(run: TrialRun) -> str:
             f"{'extra ' + name:<10} {b.miou:>9.4f} {s.miou:>12.4f} {mean:>+8.4f}   [{lo:+.4f}, {hi:+.4f}]"
         )
     return "\n".join(rows)
+
+
+def _click_rows(base, spec) -> list[str]:
+    """mIoU after k interactions and clicks to each IoU threshold (NoC), base vs specialised,
+    with the paired difference's bootstrap CI over objects."""
+    if base is None or spec is None:
+        return []
+    rows = [f"\ninteractive ({base.strategy}, then corrective clicks):"]
+    for j, k in enumerate(base.clicks):
+        b, s = base.iou[:, j], spec.iou[:, j]
+        mean, lo, hi = bootstrap_ci(s - b)
+        rows.append(
+            f"{f'{k} click(s)':<10} {b.mean():>9.4f} {s.mean():>12.4f} {mean:>+8.4f}   [{lo:+.4f}, {hi:+.4f}]"
+        )
+    for t, b in base.noc.items():
+        s = spec.noc[t]
+        mean, lo, hi = bootstrap_ci((s - b).astype(float))
+        label = f"NoC@{round(t * 100)}"
+        rows.append(
+            f"{label:<10} {b.mean():>9.2f} {s.mean():>12.2f} {mean:>+8.2f}   [{lo:+.2f}, {hi:+.2f}] clicks"
+        )
+    return rows
 
 
 def baseline_scores(sam, pack: Pack, scoring: Scoring, dev: DeviceChoice) -> dict[str, dict[str, Scores]]:
@@ -156,6 +180,7 @@ DEFAULTS: dict[str, Any] = {
     "mask_selection": _EVAL.mask_selection,
     "loss_res": _PACK.loss_res,
     "seed": _TRAIN.seed,
+    "clicks": ",".join(str(k) for k in _EVAL.clicks),
 }
 
 
@@ -173,6 +198,7 @@ class TrialSetup:
     train: TrainConfig
     pack: PackSettings
     mask_selection: str
+    eval: EvalSettings  # interactive clicking (clicks, NoC thresholds, cap, mask prompt)
     retention: int
     threshold: float
     cache_dir: Path | None
@@ -198,6 +224,7 @@ def config_flags(cfg: SweepConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         "strategies": ",".join([e.primary, *(s for s in e.strategies if s != e.primary)]),
         "mask_selection": e.mask_selection,
         "cache_dir": cfg.storage.cache_dir,
+        "clicks": ",".join(str(k) for k in e.clicks) or "none",
     }
     # the shared training settings without a flag of their own (patience, warmup, ...), picked the
     # way sweep.trainable picks them, so a new TrainSettings field reaches trials here too
@@ -226,6 +253,7 @@ def resolve(args: argparse.Namespace) -> TrialSetup:
     from_config: dict[str, Any] = {}
     train_extra: dict[str, Any] = {}
     threshold, retention, source = RuleSettings().threshold, 200, ""
+    evaluation = EvalSettings()
     options: dict[str, Any] = {}
     if args.config is not None:
         sweep = _sweep_config(args.config, args.set)
@@ -237,6 +265,7 @@ def resolve(args: argparse.Namespace) -> TrialSetup:
         from_config, train_extra = config_flags(sweep)
         options = dict(sweep.data)
         threshold, retention, source = sweep.rules.threshold, sweep.eval.retention_n, str(args.config)
+        evaluation = sweep.eval
     else:
         for kv in args.set:
             k, v = parse_override(kv)
@@ -279,11 +308,27 @@ def resolve(args: argparse.Namespace) -> TrialSetup:
             primary=strategies[0],
         ),
         mask_selection=pick("mask_selection"),
+        eval=_click_settings(pick("clicks"), evaluation),
         retention=0 if args.baseline_only else retention,
         threshold=threshold,
         cache_dir=Path(cache_dir) if cache_dir else None,
         source=source,
     )
+
+
+def _click_settings(text: str, evaluation: EvalSettings) -> EvalSettings:
+    """``--clicks 1,3,5`` (``none``: no interactive evaluation) over the config's ``eval:``."""
+    if text.strip().lower() in ("none", "0", ""):
+        return evaluation.model_copy(update={"clicks": [], "noc_thresholds": []})
+    try:
+        clicks = sorted({int(k) for k in text.split(",") if k.strip()})
+    except ValueError:
+        clicks = []
+    if not clicks or clicks[0] < 1:
+        raise UserError(
+            f"--clicks {text!r}: give click counts >= 1 separated by commas (e.g. 1,3,5), or none"
+        )
+    return evaluation.model_copy(update={"clicks": clicks})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -336,6 +381,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     flag("--mask-selection", choices=["single", "best_iou"])
     flag("--loss-res", type=int, help="loss resolution (0: the model's full input size)")
     flag("--seed", type=int)
+    flag(
+        "--clicks",
+        help="interactive evaluation of the primary prompt: mIoU after these many interactions "
+        "(then simulated corrective clicks) and clicks to 85/90%% IoU; none turns it off",
+    )
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
@@ -356,7 +406,16 @@ def main(argv: list[str] | None = None) -> None:
         setup.cache_dir or default_cache_dir(), "--cache-dir" if args.cache_dir else "the embedding cache"
     )
     cfg, strategies = setup.train, list(setup.pack.strategies)
-    scoring = Scoring(tuple(strategies), strategies[0], setup.mask_selection)
+    ev = setup.eval
+    scoring = Scoring(
+        tuple(strategies),
+        strategies[0],
+        setup.mask_selection,
+        clicks=tuple(ev.clicks),
+        noc_thresholds=tuple(ev.noc_thresholds),
+        max_clicks=ev.max_clicks,
+        feed_logits=ev.feeds_logits(args.model),
+    )
     dev = select_device(args.device)
     task, sam, info, pack = prepare_pack(
         setup.task,
@@ -382,8 +441,8 @@ def main(argv: list[str] | None = None) -> None:
             f"\n{setup.task} [{task.data}] zero-shot (baseline) mIoU, {setup.mask_selection}-mask output, "
             "scored at original resolution; test images in brackets"
         )
-        scores = baseline_scores(sam, pack, scoring, dev)
-        print(format_baseline(scores, setup.threshold))
+        plain = dataclasses.replace(scoring, clicks=(), noc_thresholds=())  # the rule reads one prompt
+        print(format_baseline(baseline_scores(sam, pack, plain, dev), setup.threshold))
         return
     run = run_trial(sam, pack, cfg, scoring, dev)
     r = run.specialised.train

@@ -191,3 +191,13 @@ def test_flop_ceiling_replays_every_flop_carrying_op_of_the_step(tmp_path):
     assert 0 < r["flop_ops_s"] < r["step_s"]  # the FLOP-carrying ops alone are part of the step
     assert r["ceiling_peak_share"] > r["step_peak_share"] > 0
     assert "ceiling" in proc.stdout
+
+
+def test_clicks_cost_smoke(tmp_path):
+    stdout, r = _run(tmp_path, "clicks_cost", "--models", "tiny-s")
+    _machine(r)
+    assert "| model | trial s (off) | trial s (on) | trial ratio |" in stdout
+    (res,) = r["results"]
+    assert res["model"] == "tiny-s" and "corrective clicks" in res["protocol"]
+    assert all(_pos(v) for v in res["medians"].values()) and math.isfinite(res["sweep_growth"])
+    assert len(res["all"]["trial on"]) == r["pairs"] == 1

@@ -97,11 +97,11 @@ def test_asha_stopped_some_phase_a_trials_early(runs):
 
 
 def test_optuna_proposed_the_phase_a_configs(runs, smoke_sweep):
-    """The first trial's parameters are exactly Optuna's first suggestion under the same seed."""
-    from ray.tune.search.optuna import OptunaSearch
-
+    """Phase A's first trial is the default settings, the next one exactly Optuna's suggestion under
+    the model's own seed (the sweep's searcher, rebuilt here)."""
     from specialsam.config import default_config_path, load_config
-    from specialsam.sweep.phases import tune_param_space
+    from specialsam.sweep.driver import search_seed
+    from specialsam.sweep.phases import search_alg, tune_param_space
 
     cfg = load_config(default_config_path("carpet"), ["search.num_samples=4"], smoke=True)
     space = {
@@ -110,16 +110,17 @@ def test_optuna_proposed_the_phase_a_configs(runs, smoke_sweep):
         "n_train": cfg.search.n_train,
         "seed": 0,
     }
-    searcher = OptunaSearch(metric="val_miou", mode="max", seed=cfg.search.searcher.seed)
+    searcher = search_alg("optuna", search_seed(cfg, "tiny-s"), cfg.startup_trials(), cfg.default_point())
     searcher.set_search_properties("val_miou", "max", space)
-    first = searcher.suggest("t0")
+    first, second = searcher.suggest("t0"), searcher.suggest("t1")
+    assert first["lr"] == cfg.default_point()["lr"]
     _, by_role = runs
     tune_trials = sorted(
         (r for r in by_role["trial"] if r.data.tags["specialsam.phase"] == "tune"),
         key=lambda r: r.info.start_time,
     )
     lrs = sorted(float(r.data.params["lr"]) for r in tune_trials)
-    assert any(np.isclose(first["lr"], lr) for lr in lrs)
+    assert any(np.isclose(first["lr"], lr) for lr in lrs) and any(np.isclose(second["lr"], lr) for lr in lrs)
     assert len(set(lrs)) == len(lrs)  # proposals, not one config repeated
     lo, hi = cfg.search.space["lr"].low, cfg.search.space["lr"].high
     assert all(lo <= lr <= hi for lr in lrs)

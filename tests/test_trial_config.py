@@ -10,6 +10,7 @@ import re
 import pytest
 
 from specialsam.config import default_config_path, load_config
+from specialsam.errors import UserError
 from specialsam.trial import DEFAULTS, main, parse_args, resolve
 
 CARPET = default_config_path("carpet")
@@ -99,3 +100,21 @@ def test_a_trial_encodes_only_the_training_samples_it_uses(tmp_path, capsys):
     assert "trained 1 steps" in capsys.readouterr().out
     (manifest,) = [json.loads(p.read_text()) for p in tmp_path.glob("packs/*/manifest.json")]
     assert manifest["n_train_pool"] == 8 and len(manifest["splits"]["train"]["keys"]) == 8
+
+
+def test_clicks_flag_sets_or_turns_off_the_interactive_evaluation():
+    from specialsam.config import EvalSettings
+    from specialsam.trial import _click_settings
+
+    ev = EvalSettings()
+    assert _click_settings("3,1,3", ev).clicks == [1, 3] and _click_settings("3,1", ev).noc_thresholds == [
+        0.85,
+        0.9,
+    ]
+    off = _click_settings("none", ev)
+    assert off.clicks == [] and off.noc_thresholds == []
+    for bad in ("0,2", "x", "1;2"):
+        with pytest.raises(UserError, match="--clicks"):
+            _click_settings(bad, ev)
+    assert resolve(parse_args(["--clicks", "none"])).eval.clicks == []
+    assert resolve(parse_args([])).eval.clicks == ev.clicks

@@ -1,11 +1,17 @@
 """The baseline rule: "fine-tune only when the zero-shot baseline mIoU is below 75%".
 
 * **Cell** (one per model x prompt strategy): the rule predicts a gain when the baseline is below the
-  threshold and no gain at or above it. Observed: ``helps`` (CI > 0), ``hurts`` (CI < 0),
-  ``unclear``. Below the threshold only ``helps`` matches; at or above it ``hurts`` matches and
-  ``helps`` contradicts. Overall: ``contradicted`` if any decided cell contradicts, ``supported`` if
-  decided cells exist and all match, else ``inconclusive``. CIs are per cell at 95%, without a
-  multiplicity correction.
+  threshold and no gain at or above it. Each cell's gain gets a 95% CI and a two-sided bootstrap
+  p-value (``stats.paired_difference``). Observed: ``helps`` / ``hurts`` when the gain is decided
+  (Holm-adjusted p <= 5%, see below) and positive / negative, else ``unclear``. Below the threshold
+  only ``helps`` matches; at or above it ``hurts`` matches and ``helps`` contradicts.
+* **Cells into the overall verdict: Holm, not a primary cell.** Any cell can decide the verdict, so
+  with 6 cells (2 models x 3 prompts) unadjusted 95% CIs would give noise about 6 chances to
+  decide. Holm's step-down adjustment over every cell with trials keeps the chance that *any* cell
+  is wrongly decided at ``stats.ALPHA`` = 5%. A pre-declared primary cell would be as safe but
+  would discard the prompt strategies whose baselines lie on the other side of the threshold, the
+  very cells that test it; Holm keeps them. Overall: ``contradicted`` if any decided cell
+  contradicts, ``supported`` if decided cells exist and all match, else ``inconclusive``.
 * **Crossover** (``fit_crossover``): weighted least squares gain = a + b * baseline over cells
   (weights 1/se^2, se from the CI half-width / 1.96, floored at a quarter of the median se so no
   cell dominates); x0 = -a/b; interval: percentile bootstrap over cells (case resampling, refit).
@@ -31,7 +37,7 @@ from specialsam.analysis.results import (
     stable_seed,
 )
 from specialsam.analysis.selection import SelectedConfig, select_config
-from specialsam.analysis.stats import LEVEL, GainCI, paired_gain_ci
+from specialsam.analysis.stats import ALPHA, LEVEL, GainCI, holm, paired_difference
 
 
 @dataclass
@@ -143,9 +149,11 @@ class BaselineCell:
     n_images: int
     config: SelectedConfig | None
     predicted: str  # "gain" | "no gain"
-    observed: str  # "helps" | "hurts" | "unclear" | "no trials"
+    observed: str  # "helps" | "hurts" | "unclear" | "no trials" (decided after Holm)
     matched: bool | None
     verdict: str
+    p_value: float | None = None  # two-sided bootstrap p of "gain = 0"
+    p_holm: float | None = None  # Holm-adjusted over every cell with trials
 
 
 @dataclass
@@ -157,6 +165,9 @@ class BaselineRuleReport:
     primary_prompt: str
     selections: dict[str, SelectedConfig]
     notes: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)  # which cells decided the verdict, or why none did
+    would_change: list[str] = field(default_factory=list)
+    combination: str = ""
 
     def cell(self, model: str, prompt: str) -> BaselineCell | None:
         return next((c for c in self.cells if c.model == model and c.prompt == prompt), None)
@@ -168,12 +179,12 @@ def predicted_outcome(baseline: float, threshold: float) -> str:
 
 
 def _cell_verdict(
-    baseline: float, gain: GainCI | None, threshold: float
+    baseline: float, gain: GainCI | None, threshold: float, decided: bool = True
 ) -> tuple[str, str, bool | None, str]:
     predicted = predicted_outcome(baseline, threshold)
     if gain is None:
         return predicted, "no trials", None, INCONCLUSIVE
-    observed = gain.observed
+    observed = ("helps" if gain.mean > 0 else "hurts") if decided else "unclear"
     if observed == "unclear":
         return predicted, observed, None, INCONCLUSIVE
     matched = (observed == "helps") if predicted == "gain" else (observed == "hurts")
@@ -185,13 +196,14 @@ def _cell(
 ) -> BaselineCell:
     """One (model, prompt) cell: the baseline against the model's selected configuration."""
     arrays = sel.arrays(b.prompt) if sel else []
-    gain = (
-        paired_gain_ci(b.per_image_iou, arrays, n_boot, stable_seed(seed, "cell", b.model, b.prompt))
-        if arrays
-        else None
-    )
+    gain, p_value = None, None
+    if arrays:
+        boot = paired_difference(
+            arrays, [b.per_image_iou], n_boot, stable_seed(seed, "cell", b.model, b.prompt)
+        )
+        gain, p_value = boot.ci(LEVEL), boot.p_two_sided(0.0)
     spec = float(np.mean([a.mean() for a in arrays])) if arrays else None
-    predicted, observed, matched, verdict = _cell_verdict(b.miou, gain, threshold)
+    predicted, observed, matched, verdict = _cell_verdict(b.miou, gain, threshold, decided=False)
     return BaselineCell(
         b.model,
         b.prompt,
@@ -205,7 +217,59 @@ def _cell(
         observed,
         matched,
         verdict,
+        p_value,
     )
+
+
+def _apply_holm(cells: Sequence[BaselineCell], threshold: float) -> None:
+    """Decide each cell at the Holm-adjusted level over every cell with trials."""
+    tested = [c for c in cells if c.p_value is not None]
+    for c, adj in zip(tested, holm([c.p_value for c in tested]), strict=True):
+        c.p_holm = adj
+        _, c.observed, c.matched, c.verdict = _cell_verdict(c.baseline_miou, c.gain, threshold, adj <= ALPHA)
+
+
+def _name(c: BaselineCell) -> str:
+    return (
+        f"`{c.model}`/{c.prompt} (baseline {c.baseline_miou:.3f}, gain {c.gain.fmt()}, Holm p {c.p_holm:.3g})"
+    )
+
+
+def _explain(cells: Sequence[BaselineCell], verdict: str, threshold: float) -> tuple[list[str], list[str]]:
+    """Which cells decided the verdict (or why none did), and what would change it."""
+    tested = [c for c in cells if c.p_holm is not None]
+    if verdict == CONTRADICTED:
+        bad = [c for c in cells if c.verdict == CONTRADICTED]
+        above = [c for c in bad if c.predicted == "no gain"]
+        change = "these cells' gains vanishing in a larger test (adjusted p above 5%)"
+        if above and len(above) == len(bad):
+            change += f", or a threshold above {max(c.baseline_miou for c in above):.3f} (rules.threshold)"
+        return [
+            "decided by "
+            + "; ".join(f"{_name(c)}: predicted {c.predicted}, observed {c.observed}" for c in bad)
+        ], [change]
+    if verdict == SUPPORTED:
+        good = [c for c in cells if c.verdict == SUPPORTED]
+        return [
+            f"decided by {len(good)} cell(s), all as predicted: "
+            + "; ".join(_name(c) for c in good)
+            + "; no decided cell contradicts"
+        ], ["a decided cell against the prediction: a gain at or above the threshold, or a loss below it"]
+    if not tested:
+        return ["no (model, prompt) has both a baseline and fine-tuned trials"], ["fine-tuned trials"]
+    best = min(tested, key=lambda c: c.p_holm)
+    return [
+        f"no cell's gain is decided after Holm over {len(tested)} cell(s) "
+        f"(closest: {_name(best)} > {ALPHA:g})"
+    ], ["narrower intervals: more test images or seeds; `python -m specialsam.calibrate` shows the odds"]
+
+
+COMBINATION = (
+    "Cells combine by Holm's method: each (model, prompt) cell with trials is one test of 'gain = 0', "
+    "and Holm's step-down adjustment over all {m} keeps the chance that any cell is wrongly decided at "
+    "{alpha:.0%}; a cell counts only when its adjusted p is at most {alpha:g}. The overall verdict is "
+    "'contradicted' if any decided cell contradicts the rule, else 'supported' if any cell is decided."
+)
 
 
 def _scope_notes(cells: Sequence[BaselineCell], threshold: float) -> list[str]:
@@ -246,6 +310,11 @@ def baseline_rule(
         n_boot=n_boot,
         seed=stable_seed(seed, "crossover"),
     )
+    _apply_holm(cells, threshold)
     verdict = overall_verdict([c.verdict for c in cells])
     notes = _scope_notes(cells, threshold)
-    return BaselineRuleReport(cells, crossover, verdict, threshold, primary_prompt, selections, notes)
+    reasons, change = _explain(cells, verdict, threshold)
+    combination = COMBINATION.format(m=len(fitted), alpha=ALPHA)
+    return BaselineRuleReport(
+        cells, crossover, verdict, threshold, primary_prompt, selections, notes, reasons, change, combination
+    )

@@ -21,6 +21,8 @@ SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusi
 VERDICTS: tuple[str, ...] = (SUPPORTED, CONTRADICTED, INCONCLUSIVE)
 TAG_BASELINE_RULE = "specialsam.verdict.baseline_rule"
 TAG_DATA_RULE = "specialsam.verdict.data_rule"
+TAG_BASELINE_RULE_CLICKS = TAG_BASELINE_RULE + ".clicks"
+"""+ the click budget k: the baseline rule judged after k interactions (``analysis.clicks_rule``)."""
 
 EXCLUDED_PARAM_KEYS = frozenset({"seed", "n_train", "model", "phase", "trial_id"})
 """Keys ignored when grouping trials into configurations (they are the trial's own axes)."""
@@ -44,6 +46,11 @@ class BaselineResult:
     per_image_iou: np.ndarray
     per_category: dict[str, float] = field(default_factory=dict)  # category -> mIoU
     extra_miou: dict[str, float] = field(default_factory=dict)  # extra test set -> mIoU (primary only)
+    clicks_iou: dict[int, np.ndarray] = field(default_factory=dict)
+    """Interactive evaluation (primary prompt only): k -> per-image IoU after k interactions."""
+    noc: dict[float, np.ndarray] = field(default_factory=dict)
+    """IoU threshold -> per-image clicks to reach it (``max_clicks`` when never)."""
+    max_clicks: int = 0
 
     def __post_init__(self) -> None:
         self.per_image_iou = as_iou_array(self.per_image_iou, f"baseline {self.model}/{self.prompt}")
@@ -70,6 +77,11 @@ class TrialResult:
     base_retention_miou: float | None = None
     per_category: dict[str, dict[str, float]] = field(default_factory=dict)  # prompt -> category -> mIoU
     extra_miou: dict[str, float] = field(default_factory=dict)  # extra test set -> mIoU (primary prompt)
+    default_config: bool = False
+    """True for the phase-A trial that evaluates the default configuration (the spread's yardstick)."""
+    clicks_iou: dict[int, np.ndarray] = field(default_factory=dict)  # as BaselineResult's (primary prompt)
+    noc: dict[float, np.ndarray] = field(default_factory=dict)
+    max_clicks: int = 0
 
     def __post_init__(self) -> None:
         self.n_train = int(self.n_train)

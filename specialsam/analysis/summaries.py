@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from specialsam.analysis.baseline_rule import BaselineCell, BaselineRuleReport
+from specialsam.analysis.clicks_rule import ClicksReport
 from specialsam.analysis.data_rule import DataRuleReport, ModelCurve
 from specialsam.analysis.results import EXCLUDED_PARAM_KEYS, BaselineResult, TrialResult
 from specialsam.analysis.selection import SelectedConfig, fmt_params
@@ -140,6 +141,48 @@ def extra_breakdown(
     return _breakdown(selections, base, lambda t: t.extra_miou)
 
 
+@dataclass
+class TuneSpread:
+    """Phase A of one model: did tuning matter? Validation mIoU over its trials, and the default's."""
+
+    model: str
+    n_trials: int
+    best: float
+    median: float
+    worst: float
+    default: float | None  # None: no phase-A trial evaluated the default configuration
+
+    def describe_default(self) -> str:
+        if self.default is None:
+            return "default configuration not evaluated"
+        return f"{self.default:.3f} ({self.best - self.default:+.3f} from tuning)"
+
+
+def tune_spread(trials: Sequence[TrialResult]) -> list[TuneSpread]:
+    """Per model, best / median / worst validation mIoU of its phase-A (``tune``) trials.
+
+    Early-stopped trials count with the validation mIoU they reported; a wide spread with the
+    default near the top says tuning mattered little, a default near the bottom says it mattered."""
+    out = []
+    for m in sorted({t.model for t in trials if t.phase == "tune"}):
+        mine = [t for t in trials if t.model == m and t.phase == "tune" and np.isfinite(t.val_miou)]
+        if not mine:
+            continue
+        vals = np.array([t.val_miou for t in mine])
+        default = [t.val_miou for t in mine if t.default_config]
+        out.append(
+            TuneSpread(
+                m,
+                len(mine),
+                float(vals.max()),
+                float(np.median(vals)),
+                float(vals.min()),
+                float(np.mean(default)) if default else None,
+            )
+        )
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Recommendation and the terminal table
 # --------------------------------------------------------------------------------------------
@@ -168,17 +211,26 @@ def _primary_cells(baseline_report: BaselineRuleReport) -> tuple[list[BaselineCe
     return cells, prompt
 
 
-def _samples_line(curve: ModelCurve | None, sel: SelectedConfig) -> str | None:
-    """How much data the learning curve says is enough, if it says anything."""
+def _samples_line(curve: ModelCurve | None, sel: SelectedConfig, margin: float) -> str | None:
+    """How much data is enough: the direct comparison first, the fitted curve as description."""
     if curve is None:
         return None
     bits = []
-    if curve.fit.ok:
+    if curve.smallest_equivalent_n is not None and curve.reference_n is not None:
+        bits.append(
+            f"n = {curve.smallest_equivalent_n:,} already comes within ±{margin:g} mIoU of "
+            f"n = {curve.reference_n:,} (paired comparison on the same test images)"
+        )
+    if curve.fit.ok and not curve.fit.notes:
         lo95, hi95 = curve.fit.n95_ci
         bits.append(
             f"the learning curve covers 95% of its rise by n ~ {curve.fit.n95:,.0f} "
             f"[{lo95:,.0f}, {hi95:,.0f}]"
             + (f", so data beyond ~{hi95:,.0f} samples buys little" if hi95 < sel.n_train else "")
+        )
+    elif curve.fit.ok:
+        bits.append(
+            f"the fitted curve's n95 ~ {curve.fit.n95:,.0f} is flagged ({'; '.join(curve.fit.notes)})"
         )
     if curve.smallest_beating_n is not None:
         bits.append(f"n = {curve.smallest_beating_n:,} is the smallest grid size that beats the baseline")
@@ -197,7 +249,8 @@ def _fine_tune_lines(
         f"expected mIoU gain {best.gain.fmt()} (95% CI) on the `{best.prompt}` prompt, "
         f"{best.baseline_miou:.3f} -> {best.specialised_miou:.3f} over {best.n_seeds} seed(s)."
     ]
-    samples = _samples_line(data_report.curves.get(best.model) if data_report else None, sel)
+    curve = data_report.curves.get(best.model) if data_report else None
+    samples = _samples_line(curve, sel, data_report.margin if data_report else 0.01)
     if samples is not None:
         lines.append(samples)
     if best.n_seeds < 2:
@@ -244,6 +297,23 @@ def _retention_lines(best: BaselineCell, retention: Mapping[str, RetentionSummar
     return []
 
 
+def _clicks_lines(clicks: ClicksReport | None) -> list[str]:
+    """What the gain is worth once users click again (largest click budget), when it differs."""
+    if clicks is None or len(clicks.budgets) < 2:
+        return []
+    first, last = clicks.budgets[0], clicks.budgets[-1]
+    helped = {c[0] for c in first.cells if c[3] == "helps"}
+    still = {c[0] for c in last.cells if c[3] == "helps"}
+    if helped and not still:
+        return [
+            f"**Clicks**: the gain vanishes with interaction: {last.statement}. A few extra clicks per "
+            "object may be worth as much as fine-tuning (see 'Is fine-tuning worth more than a few clicks?')."
+        ]
+    if still and not helped:
+        return [f"**Clicks**: {last.statement}, though not after {first.clicks} click(s)."]
+    return [f"**Clicks**: {last.statement}."] if still else []
+
+
 def recommendation(
     baseline_report: BaselineRuleReport,
     data_report: DataRuleReport | None = None,
@@ -251,6 +321,7 @@ def recommendation(
     data_kind: str = "real",
     include_scope: bool = True,
     health: HealthSummary | None = None,
+    clicks: ClicksReport | None = None,
 ) -> str:
     """The actionable opening of the report: fine-tune (what, how) or don't (why), then its scope.
 
@@ -276,6 +347,7 @@ def recommendation(
         if n_unchanged:  # right under the verdict it qualifies
             lines.insert(1, "Caution: " + (unchanged_warning(n_unchanged, health.n_trials) or ""))
         lines += _retention_lines(best, retention)
+        lines += _clicks_lines(clicks)
     if include_scope:
         lines.append(scope_statement(data_kind))
     return "\n\n".join(lines)

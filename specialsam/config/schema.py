@@ -35,8 +35,10 @@ from pydantic import (
 
 from specialsam.config._text import _Bad, _describe, _suggest, _unknown
 from specialsam.errors import UserError
-from specialsam.finetune.train import SEARCHABLE, TrainConfig
-from specialsam.models.registry import MODEL_NAMES
+from specialsam.finetune.clicks import CLICKS, MAX_CLICKS, NOC_THRESHOLDS
+from specialsam.finetune.pipeline import Scoring
+from specialsam.finetune.train import MAX_CLICK_ROUNDS, SEARCHABLE, TrainConfig
+from specialsam.models.registry import MODEL_NAMES, get_spec
 from specialsam.prompts import STRATEGIES
 from specialsam.tasks import TASKS, task_module, task_options
 
@@ -124,7 +126,7 @@ class Param(_Model):
 
 
 def _check_param_range(name: str, p: Param) -> None:
-    """Per-parameter bounds: lr > 0; loss weights and weight decay >= 0; point_fraction in [0, 1]."""
+    """Per-parameter bounds: lr > 0; loss weights, weight decay >= 0; point/extreme fraction in [0, 1]."""
     where = {"fixed": "value", "choice": "values"}.get(p.type)
     checks: list[tuple[str, float]] = []  # (field, value)
     if where == "value":
@@ -138,8 +140,13 @@ def _check_param_range(name: str, p: Param) -> None:
             raise _Bad(f"{name}.{field}", f"{{key}} must be > 0 (got {v:g})")
         if name in (*LOSS_WEIGHTS, "weight_decay") and v < 0:
             raise _Bad(f"{name}.{field}", f"{{key}} must be >= 0 (got {v:g})")
-        if name == "point_fraction" and not 0 <= v <= 1:
+        if name in ("point_fraction", "extreme_fraction") and not 0 <= v <= 1:
             raise _Bad(f"{name}.{field}", f"{{key}} must be within [0, 1] (got {v:g})")
+        if name == "click_rounds" and not (float(v).is_integer() and 0 <= v <= MAX_CLICK_ROUNDS):
+            bound = f"[0, {MAX_CLICK_ROUNDS}]"
+            raise _Bad(f"{name}.{field}", f"{{key}} must be a whole number in {bound} (got {v:g})")
+    if name == "click_rounds" and p.type in ("loguniform", "uniform"):
+        raise _Bad(f"{name}.type", "{key} must be choice or fixed: click_rounds is a whole number")
 
 
 class TrainSettings(_Model):
@@ -161,6 +168,9 @@ class TrainSettings(_Model):
     warmup_fraction: float = Field(_train_default("warmup_fraction"), ge=0, le=0.5)
     weight_decay: float = Field(_train_default("weight_decay"), ge=0)
     """Used unless ``search.space.weight_decay`` is given."""
+    click_rounds: int = Field(_train_default("click_rounds"), ge=0, le=MAX_CLICK_ROUNDS)
+    """Corrective-click rounds per training prompt (0: off); used unless ``search.space.click_rounds``
+    is given."""
 
     @field_validator("loss_res")
     @classmethod
@@ -270,6 +280,44 @@ class EvalSettings(_Model):
     """Boundary F1, S-alpha, E-phi and weighted F-beta on the test set."""
     retention_n: int = Field(200, ge=0)
     """Images of the general-purpose retention set; 0 disables the retention check."""
+    clicks: list[int] = Field(default_factory=lambda: list(CLICKS))
+    """Interactive evaluation: mIoU after these many interactions (1 = the strategy's own prompt,
+    then simulated corrective clicks); [] with ``noc_thresholds: []`` turns it off."""
+    noc_thresholds: list[float] = Field(default_factory=lambda: list(NOC_THRESHOLDS))
+    """IoU thresholds of the number-of-clicks metric (NoC@85, NoC@90)."""
+    max_clicks: int = Field(MAX_CLICKS, ge=1, le=100)
+    """NoC cap: an image that never reaches a threshold counts this many clicks."""
+    click_mask_prompt: Literal["auto"] | bool = "auto"
+    """Feed the previous low-res logits back as SAM's mask prompt (the SAM paper's protocol); false:
+    corrective points only. ``auto``: true for SAM and MobileSAM checkpoints, false for the tiny
+    generalists, whose prompt encoder never saw a mask prompt in pretraining (fed back, their
+    logits make every further click worse, unless trained with ``train.click_rounds``)."""
+
+    def feeds_logits(self, model: str) -> bool:
+        """``click_mask_prompt`` resolved for ``model``."""
+        if self.click_mask_prompt != "auto":
+            return bool(self.click_mask_prompt)
+        return get_spec(model).family != "tiny"
+
+    @field_validator("clicks")
+    @classmethod
+    def _clicks(cls, v: list[int]) -> list[int]:
+        for i, k in enumerate(v):
+            if not 1 <= k <= 100:
+                raise _Bad(f"[{i}]", f"{{key}} must be a click count in [1, 100] (got {k})")
+        if v != sorted(set(v)):
+            raise _Bad("", f"{{key}} must be ascending without repeats (got {v}; use {sorted(set(v))})")
+        return v
+
+    @field_validator("noc_thresholds")
+    @classmethod
+    def _noc_thresholds(cls, v: list[float]) -> list[float]:
+        for i, t in enumerate(v):
+            if not 0 < t <= 1:
+                raise _Bad(f"[{i}]", f"{{key}} must be an IoU in (0, 1] (got {t:g})")
+        if len(set(v)) != len(v):
+            raise _Bad("", f"{{key}} lists a threshold twice (got {v})")
+        return v
 
     @field_validator("strategies")
     @classmethod
@@ -310,6 +358,8 @@ class RuleSettings(_Model):
     """Baseline rule: fine-tuning is predicted to help only below this baseline mIoU."""
     claimed_n: int = Field(5000, ge=1)
     """Data-volume rule: the claimed number of samples fine-tuning needs."""
+    margin: float = Field(0.01, gt=0, lt=1)
+    """Data-volume rule: mIoU difference below which two training-set sizes count as equivalent."""
 
 
 class StorageSettings(_Model):
@@ -385,6 +435,7 @@ class SweepConfig(_Model):
         """Each searchable parameter's value when ``search.space`` does not name it."""
         out = {k: float(v) for k, v in _train_defaults().items()}
         out["weight_decay"] = float(self.train.weight_decay)
+        out["click_rounds"] = float(self.train.click_rounds)
         return out
 
     def default_point(self) -> dict[str, float] | None:
@@ -401,6 +452,27 @@ class SweepConfig(_Model):
                 return None
             point[name] = v
         return point or None
+
+    def scoring(self, model: str) -> Scoring:
+        """How this sweep scores ``model``'s baselines and trials (``eval:``)."""
+        e = self.eval
+        return Scoring(
+            tuple(e.strategies),
+            e.primary,
+            e.mask_selection,
+            e.extra_metrics,
+            clicks=tuple(e.clicks),
+            noc_thresholds=tuple(e.noc_thresholds),
+            max_clicks=e.max_clicks,
+            feed_logits=e.feeds_logits(model),
+        )
+
+    def click_protocol(self) -> str:
+        """The interactive protocol of every model, in words (one phrase when they agree)."""
+        phrases = {m: self.scoring(m).protocol() for m in self.models}
+        if len(set(phrases.values())) == 1:
+            return next(iter(phrases.values()))
+        return "; ".join(f"{m}: {p}" for m, p in phrases.items())
 
     def startup_trials(self) -> int:
         """Optuna's random start: ``search.searcher.n_startup_trials``, else half the trials."""

@@ -297,12 +297,14 @@ def _split_strategies(name: str, settings: PackSettings) -> tuple[str, ...]:
 
 def _prompt_arrays(prompts: list[tuple[np.ndarray, np.ndarray] | None]):
     """(coords, labels, ok) arrays of one strategy's prompts (None: an empty mask, no prompt)."""
-    k = next((len(p[1]) for p in prompts if p is not None), 2)
+    # one row per sample, padded to the longest prompt with padding tokens (label -1); every
+    # strategy gives prompts of one length today, so no row is padded beyond SAM's own token
+    k = max((len(p[1]) for p in prompts if p is not None), default=2)
     coords = np.zeros((len(prompts), k, 2), np.float32)
     labels = np.full((len(prompts), k), -1, np.int64)
     for i, p in enumerate(prompts):
         if p is not None:
-            coords[i], labels[i] = p
+            coords[i, : len(p[1])], labels[i, : len(p[1])] = p
     return coords, labels, np.array([p is not None for p in prompts])
 
 

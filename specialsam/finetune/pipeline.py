@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from segment_anything.modeling import Sam
 
 from specialsam.device import DeviceChoice
+from specialsam.finetune.clicks import InteractiveScores, interactive_scores
 from specialsam.finetune.evaluate import Scores, score_split
 from specialsam.finetune.pack import EXTRA_PREFIX, Pack
 from specialsam.finetune.records import StrategyScores, TrialRecord
@@ -30,6 +31,21 @@ class Scoring:
     primary: str
     mask_selection: str = "single"
     extra_metrics: bool = False
+    clicks: tuple[int, ...] = ()
+    """Click budgets of the interactive evaluation (primary strategy); () with no thresholds: off."""
+    noc_thresholds: tuple[float, ...] = ()
+    max_clicks: int = 20
+    feed_logits: bool = True
+    """Corrective clicks feed the previous logits back as SAM's mask prompt (the SAM paper's protocol)."""
+
+    @property
+    def interactive(self) -> bool:
+        return bool(self.clicks or self.noc_thresholds)
+
+    def protocol(self) -> str:
+        """The interactive protocol in words, for tags and the report."""
+        feed = "previous logits as mask prompt" if self.feed_logits else "points only"
+        return f"{self.primary} then corrective clicks (farthest from the error boundary), {feed}"
 
 
 @dataclass
@@ -39,6 +55,7 @@ class DecoderScores:
     test: dict[str, Scores]
     retention: Scores | None = None
     extra: dict[str, Scores] = field(default_factory=dict)  # extra test set name -> scores
+    interactive: InteractiveScores | None = None  # primary strategy's corrective clicking
 
     @property
     def retention_miou(self) -> float | None:
@@ -57,8 +74,9 @@ def score_decoder(
     strategies: Sequence[str] | None = None,
 ) -> DecoderScores:
     """Score ``sam``'s current decoder on the pack's test set (``strategies``, default all of
-    ``scoring``'s), the retention scenes and the extra test sets. Retention keeps SAM's single-mask
-    output whatever ``mask_selection`` says: it asks "did the decoder forget?", not "which mask"."""
+    ``scoring``'s; interactive clicking too when the primary is among them), the retention scenes
+    and the extra test sets. Retention keeps SAM's single-mask output whatever ``mask_selection``
+    says: it asks "did the decoder forget?", not "which mask"."""
     primary = scoring.primary
     wanted = list(scoring.strategies if strategies is None else strategies)
     test = {}
@@ -75,7 +93,20 @@ def score_decoder(
         ]
         for name in pack.extra_tests
     }
-    return DecoderScores(test, retention, extra)
+    clicking = None
+    if scoring.interactive and primary in wanted:
+        clicking = interactive_scores(
+            sam,
+            pack.split("test"),
+            primary,
+            scoring.clicks,
+            scoring.noc_thresholds,
+            scoring.max_clicks,
+            scoring.mask_selection,
+            dev,
+            feed_logits=scoring.feed_logits,
+        )
+    return DecoderScores(test, retention, extra, clicking)
 
 
 @dataclass
@@ -121,6 +152,7 @@ def trial_record(
         retention_miou=out.scores.retention_miou,
         extra_miou=out.scores.extra_miou,
         node_id=node_id,
+        interactive=None if out.scores.interactive is None else out.scores.interactive.to_dict(),
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from specialsam.finetune.clicks import InteractiveScores
 from specialsam.finetune.evaluate import Scores
 
 RESULT_FILE = "result.json"
@@ -65,10 +66,14 @@ class TrialRecord:
     retention_miou: float | None = None
     extra_miou: dict[str, float] = field(default_factory=dict)
     node_id: str = ""
+    interactive: dict[str, Any] | None = None  # InteractiveScores.to_dict() (primary strategy)
 
     @property
     def model(self) -> str:
         return str(self.params["model"])
+
+    def interactive_scores(self) -> InteractiveScores | None:
+        return None if self.interactive is None else InteractiveScores.from_dict(self.interactive)
 
     @property
     def hyperparams(self) -> dict[str, Any]:

@@ -27,14 +27,18 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
 from specialsam.device import DeviceChoice, select_device
+from specialsam.finetune.click_training import Chunk, ClickDraws, click_rounds_loss
+from specialsam.finetune.losses import binary_target, segmentation_loss
 from specialsam.finetune.pack import Pack, Split
 from specialsam.models.batched import decode_batched
 from specialsam.models.upsample import upsample_logits
-from specialsam.prompts import training_prompt
+from specialsam.prompts import stack_prompts, training_prompt
+
+MAX_CLICK_ROUNDS = 16
+"""Upper bound of ``click_rounds`` (micro-sam trains with 8; each round is one more decoder pass)."""
 
 
 class TrainingFailed(RuntimeError):
@@ -48,6 +52,8 @@ SEARCHABLE: tuple[str, ...] = (
     "focal_weight",
     "point_fraction",
     "weight_decay",
+    "click_rounds",
+    "extreme_fraction",
 )
 """The TrainConfig fields a sweep may search (``search.space`` keys); the rest are shared settings."""
 
@@ -72,6 +78,13 @@ class TrainConfig:
     micro_batch: int = 0
     """Samples per forward/backward chunk, gradients accumulated (0: auto, see ``micro_batch_size``)."""
     seed: int = 0
+    click_rounds: int = 0
+    extreme_fraction: float = 0.0
+    """Share of training prompts that are the four jittered extreme points (``extreme4``'s training
+    form); the rest are points or boxes by ``point_fraction``."""
+    """Corrective-click rounds after the first prompt (0: off): each adds a point sampled from the
+    current prediction's error region, the previous logits as mask prompt half of the time, and
+    the loss is averaged over all rounds (the SAM paper's and micro-sam's iterative training)."""
 
     def validate(self) -> None:
         from specialsam.errors import UserError
@@ -87,8 +100,14 @@ class TrainConfig:
             raise UserError("bce_weight, dice_weight and focal_weight are all 0: the loss would be empty")
         if not 0 <= self.point_fraction <= 1:
             raise UserError(f"point_fraction must be in [0, 1], got {self.point_fraction}")
+        if not 0 <= self.extreme_fraction <= 1:
+            raise UserError(f"extreme_fraction must be in [0, 1], got {self.extreme_fraction}")
         if self.n_train < 1 or self.epochs < 1 or self.batch_size < 1:
             raise UserError("n_train, epochs and batch_size must be >= 1")
+        rounds = self.click_rounds
+        if isinstance(rounds, bool) or not float(rounds).is_integer() or not 0 <= rounds <= MAX_CLICK_ROUNDS:
+            raise UserError(f"click_rounds must be a whole number in [0, {MAX_CLICK_ROUNDS}], got {rounds}")
+        self.click_rounds = int(rounds)  # searched values arrive as floats
 
 
 @dataclass
@@ -106,35 +125,6 @@ class TrainResult:
     @property
     def health_tag(self) -> str:
         return ",".join(self.health) if self.health else "ok"
-
-
-def binary_target(soft: np.ndarray) -> np.ndarray:
-    """Soft uint8 frame mask -> bool; thin structures below half coverage still count."""
-    m = soft >= 128
-    return m if m.any() else soft > 0
-
-
-def segmentation_loss(
-    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, cfg: TrainConfig
-) -> torch.Tensor:
-    """Per-sample weighted BCE + Dice (+ focal) over the valid region; shapes (B, R, R)."""
-    area = valid.sum((-2, -1)).clamp(min=1)
-    losses = torch.zeros(logits.shape[0], device=logits.device)
-    if cfg.bce_weight or cfg.focal_weight:
-        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    if cfg.bce_weight:
-        losses = losses + cfg.bce_weight * (bce * valid).sum((-2, -1)) / area
-    if cfg.focal_weight:  # sigmoid focal loss (alpha 0.25, gamma 2), as SAM's paper
-        p = logits.sigmoid()
-        p_t = p * target + (1 - p) * (1 - target)
-        a_t = 0.25 * target + 0.75 * (1 - target)
-        losses = losses + cfg.focal_weight * (a_t * (1 - p_t) ** 2 * bce * valid).sum((-2, -1)) / area
-    if cfg.dice_weight:
-        p = logits.sigmoid() * valid
-        inter = (p * target).sum((-2, -1))
-        dice = 1 - (2 * inter + 1) / (p.sum((-2, -1)) + (target * valid).sum((-2, -1)) + 1)
-        losses = losses + cfg.dice_weight * dice
-    return losses
 
 
 def _valid_masks(split: Split, idx: list[int], res: int) -> torch.Tensor:
@@ -174,16 +164,22 @@ def accumulate_gradients(
     dev: DeviceChoice,
     res: int,
     micro: int = 0,
+    clicks: ClickDraws | None = None,
 ) -> torch.Tensor:
     """Forward + backward of one batch (in chunks of ``micro``); returns the batch's mean loss.
 
-    Gradients are those of the batch mean, whatever the chunking. The caller checks the loss,
-    clips and steps the optimizer."""
+    Gradients are those of the batch mean, whatever the chunking. With ``clicks`` (click_rounds >
+    0) each chunk runs its corrective-click rounds (:func:`_click_rounds_loss`). The caller checks
+    the loss, clips and steps the optimizer."""
     n, d = emb.shape[0], dev.device
     chunk = micro or n
     total = torch.zeros((), device=d)
     for s in range(0, n, chunk):
         sl = slice(s, s + chunk)
+        if clicks is not None and clicks.rounds:
+            part = Chunk(*(t[sl].to(d) for t in (emb, coords, labels, target, valid)))
+            total += click_rounds_loss(sam, part, clicks.slice(sl, d), cfg, dev, res, n)
+            continue
         with dev.autocast():
             logits = batch_logits(sam, emb[sl].to(d), coords[sl].to(d), labels[sl].to(d), res)
         loss = segmentation_loss(logits.float(), target[sl].to(d), valid[sl].to(d), cfg).sum() / n
@@ -301,6 +297,7 @@ class _Batch:
     target: torch.Tensor
     emb: torch.Tensor
     valid: torch.Tensor
+    clicks: ClickDraws | None = None
 
 
 def _make_batch(
@@ -309,18 +306,31 @@ def _make_batch(
     """Draw one training prompt per image (``rng``); images without a usable prompt are dropped,
     and a batch left empty is None."""
     soft = np.stack([np.asarray(train.masks[i]) for i in idx])
-    prompts = [training_prompt(binary_target(m), rng, cfg.point_fraction) for m in soft]
+    prompts = [
+        training_prompt(binary_target(m), rng, cfg.point_fraction, extreme_fraction=cfg.extreme_fraction)
+        for m in soft
+    ]
     keep = [j for j, p in enumerate(prompts) if p is not None]
     if not keep:
         return None
     idx = [idx[j] for j in keep]
+    clicks = None
+    if cfg.click_rounds:  # drawn only then: click_rounds=0 consumes the generator as before
+        clicks = ClickDraws(
+            hard=torch.from_numpy(np.stack([binary_target(soft[j]) for j in keep])),
+            u=torch.from_numpy(rng.random((cfg.click_rounds, len(keep)))),
+            use_mask=torch.from_numpy(rng.random((cfg.click_rounds, len(keep))) < 0.5),
+            scale=side / res,
+        )
+    coords, labels = stack_prompts([prompts[j] for j in keep])
     return _Batch(
         idx=idx,
-        coords=torch.from_numpy(np.stack([prompts[j].coords for j in keep]) * (side / res)),
-        labels=torch.from_numpy(np.stack([prompts[j].labels for j in keep])),
+        coords=torch.from_numpy(coords * (side / res)),
+        labels=torch.from_numpy(labels),
         target=torch.from_numpy(soft[keep].astype(np.float32) / 255.0),
         emb=torch.from_numpy(train.embeddings(idx)),
         valid=_valid_masks(train, idx, res),
+        clicks=clicks,
     )
 
 
@@ -383,6 +393,7 @@ def _optimizer_step(run: _Run, batch: _Batch, epoch: int) -> float:
         run.dev,
         run.res,
         run.micro,
+        batch.clicks,
     )
     if not torch.isfinite(loss):
         raise TrainingFailed(

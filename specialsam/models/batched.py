@@ -8,7 +8,9 @@ tested.
 
 Prompt convention (exactly SAM's): points get one padding token (label -1) appended, a box is two
 corner tokens (labels 2 and 3). A single point and a box are both two tokens, so point/box mixed
-batches need no extra padding.
+batches need no extra padding. Rows of a batch must have equal token counts: pad shorter prompts
+with label -1 tokens (each becomes SAM's not-a-point embedding). A previous prediction can be fed
+back as SAM's dense mask prompt (``mask_input``).
 """
 
 from __future__ import annotations
@@ -28,10 +30,24 @@ def embed_sparse(pe: PromptEncoder, coords: torch.Tensor, labels: torch.Tensor) 
     return emb + table[(labels + 1).long()]
 
 
-def embed_dense(pe: PromptEncoder, n: int) -> torch.Tensor:
-    """Dense 'no mask' embedding for n prompts (no mask prompts are used in this project)."""
+def embed_dense(
+    pe: PromptEncoder,
+    n: int,
+    mask_input: torch.Tensor | None = None,
+    use_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Dense prompt embedding for n prompts: SAM's 'no mask' embedding, or, with ``mask_input``
+    (P, 1, 4h, 4w) low-res logits (a previous prediction, as corrective clicking feeds back), the
+    prompt encoder's mask downscaling of them, as ``PromptEncoder._embed_masks`` does.
+    ``use_mask`` (P,) bool picks per prompt which rows take their mask (the others: no mask)."""
     h, w = pe.image_embedding_size
-    return pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(n, -1, h, w)
+    none = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(n, -1, h, w)
+    if mask_input is None:
+        return none
+    dense = pe.mask_downscaling(mask_input.to(none.dtype))
+    if use_mask is None:
+        return dense
+    return torch.where(use_mask.reshape(-1, 1, 1, 1), dense, none)
 
 
 def decode_batched(
@@ -40,15 +56,18 @@ def decode_batched(
     embeddings: torch.Tensor,
     coords: torch.Tensor,
     labels: torch.Tensor,
+    mask_input: torch.Tensor | None = None,
+    use_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Low-res mask logits (P, 1+M, 4h, 4w) and IoU predictions (P, 1+M) for all mask tokens.
 
     ``embeddings`` has one row per prompt (index the image embeddings with the prompt's image).
-    Output 0 is SAM's single-mask output, outputs 1.. the multimask ones.
+    Output 0 is SAM's single-mask output, outputs 1.. the multimask ones. ``mask_input`` /
+    ``use_mask``: an optional mask prompt per row (see :func:`embed_dense`).
     """
     n = embeddings.shape[0]
     sparse = embed_sparse(pe, coords, labels)
-    dense = embed_dense(pe, n).to(embeddings.dtype)
+    dense = embed_dense(pe, n, mask_input, use_mask).to(embeddings.dtype)
     image_pe = pe.get_dense_pe().to(embeddings.dtype)
 
     out_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)

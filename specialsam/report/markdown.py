@@ -13,13 +13,22 @@ from pathlib import Path
 from typing import Any
 
 from specialsam.analysis.baseline_rule import BaselineRuleReport, baseline_rule
-from specialsam.analysis.data_rule import DataRuleReport, ModelCurve, data_rule
-from specialsam.analysis.results import TAG_BASELINE_RULE, TAG_DATA_RULE, BaselineResult, TrialResult
+from specialsam.analysis.clicks_rule import ClicksReport, clicks_rule
+from specialsam.analysis.data_rule import CurvePoint, DataRuleReport, ModelCurve, data_rule
+from specialsam.analysis.results import (
+    TAG_BASELINE_RULE,
+    TAG_BASELINE_RULE_CLICKS,
+    TAG_DATA_RULE,
+    BaselineResult,
+    TrialResult,
+    check_alignment,
+)
 from specialsam.analysis.summaries import (
     UNCHANGED,
     BreakdownRow,
     HealthSummary,
     RetentionSummary,
+    TuneSpread,
     category_breakdown,
     extra_breakdown,
     health_summary,
@@ -27,6 +36,7 @@ from specialsam.analysis.summaries import (
     retention_summary,
     scope_statement,
     summary_rows,
+    tune_spread,
     unchanged_warning,
 )
 from specialsam.report import plots
@@ -44,17 +54,23 @@ class ReportFiles:
     baseline_report: BaselineRuleReport
     data_report: DataRuleReport
     summary: list[dict[str, Any]]
+    clicks_report: ClicksReport | None = None
+    clicks_plot: Path | None = None
     category_plot: Path | None = None
     """Per-category bars (base vs specialised); None when the report has no per-category table."""
 
     @property
     def plots(self) -> list[Path]:
-        """Every plot written beside ``report.md`` (what the sweep logs with it)."""
-        return [p for p in (self.gain_plot, self.curve_plot, self.category_plot) if p is not None]
+        """Every plot the report links, for logging beside it."""
+        every = (self.gain_plot, self.curve_plot, self.clicks_plot, self.category_plot)
+        return [p for p in every if p is not None]
 
     @property
     def tags(self) -> dict[str, str]:
-        return {TAG_BASELINE_RULE: self.verdict_baseline_rule, TAG_DATA_RULE: self.verdict_data_rule}
+        tags = {TAG_BASELINE_RULE: self.verdict_baseline_rule, TAG_DATA_RULE: self.verdict_data_rule}
+        for b in self.clicks_report.budgets if self.clicks_report else []:
+            tags[f"{TAG_BASELINE_RULE_CLICKS}{b.clicks}"] = b.verdict
+        return tags
 
 
 def _f3(v: float | None) -> str:
@@ -77,6 +93,7 @@ def _opening(
     health: HealthSummary,
     retention: Mapping[str, RetentionSummary],
     protocol: Mapping[str, Any] | None,
+    clicks: ClicksReport | None = None,
 ) -> list[str]:
     """Title, procedural warning, the recommendation, then scope and protocol."""
     out = [f"# SpecialSAM report: task `{task}`", ""]
@@ -85,7 +102,7 @@ def _opening(
             "> **Procedural data**: the real dataset was absent; these numbers demonstrate the method only.",
             "",
         ]
-    rec = recommendation(br, dr, retention, data_kind, include_scope=False, health=health)
+    rec = recommendation(br, dr, retention, data_kind, include_scope=False, health=health, clicks=clicks)
     out += ["## Recommendation", "", rec, ""]
     out += ["## Scope and protocol", "", scope_statement(data_kind), ""]
     if protocol:
@@ -93,28 +110,39 @@ def _opening(
     return out
 
 
-def _baseline_section(br: BaselineRuleReport) -> list[str]:
-    """The baseline rule: verdict, one row per cell, the selected configurations, the crossover."""
+def _calibration_line(rule: str, command: str) -> str:
+    return (
+        f"How often a {rule} verdict from this sweep design is wrong: simulate it with `{command}` (the "
+        "table for the shipped defaults is in the README, 'How often is a verdict wrong (calibration)')."
+    )
+
+
+def _baseline_section(br: BaselineRuleReport, calibrate_cmd: str) -> list[str]:
+    """The baseline rule: verdict and why, one row per cell, the selected configurations, the crossover."""
     out = [
         f"## Baseline rule: fine-tune only when the zero-shot mIoU is below {br.threshold:.0%}",
         "",
         f"**Verdict: {br.verdict}.** The rule predicts a gain below the threshold and none at or above it; "
-        "a cell counts when its gain's 95% CI (bootstrap over test images and seeds, paired) excludes 0. "
+        "each cell's gain has a 95% CI and a p-value (bootstrap over test images and seeds, paired). "
         "Configurations are chosen by validation mIoU, never by test.",
         "",
-        *(f"- {n}" for n in br.notes),
+        br.combination,
         "",
-        "| model | prompt | baseline mIoU | specialised mIoU | gain [95% CI] | seeds | configuration | "
-        "predicted | "
-        "observed | verdict |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        *(f"- Decided by / failed: {r}" for r in br.reasons),
+        *(f"- What would change it: {w}" for w in br.would_change),
+        *(f"- {n}" for n in br.notes),
+        f"- {_calibration_line('baseline-rule', calibrate_cmd)}",
+        "",
+        "| model | prompt | baseline mIoU | specialised mIoU | gain [95% CI] | Holm p | seeds | "
+        "configuration | predicted | observed | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in br.cells:
         out.append(
             f"| {c.model} | {c.prompt} | {c.baseline_miou:.3f} | "
             f"{'-' if c.specialised_miou is None else f'{c.specialised_miou:.3f}'} | "
-            f"{'-' if c.gain is None else c.gain.fmt()} | {c.n_seeds} | "
-            f"{'-' if c.config is None else c.config.describe()} | "
+            f"{'-' if c.gain is None else c.gain.fmt()} | {'-' if c.p_holm is None else f'{c.p_holm:.3g}'} | "
+            f"{c.n_seeds} | {'-' if c.config is None else c.config.describe()} | "
             f"{c.predicted} | {c.observed} | {c.verdict} |"
         )
     out += ["", "Selected configurations:", ""]
@@ -126,41 +154,139 @@ def _baseline_section(br: BaselineRuleReport) -> list[str]:
     return out
 
 
+def _tune_section(spread: Sequence[TuneSpread]) -> list[str]:
+    """Phase A: the spread of validation mIoU over the searched configurations, and the default's."""
+    if not spread:
+        return []
+    return [
+        "## Phase A: did tuning matter?",
+        "",
+        "Validation mIoU of each model's phase-A trials (early-stopped trials with the value they "
+        "reported). A default close to the best says tuning bought little.",
+        "",
+        "| model | trials | best | median | worst | default configuration |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {t.model} | {t.n_trials} | {t.best:.3f} | {t.median:.3f} | {t.worst:.3f} | "
+            f"{t.describe_default()} |"
+            for t in spread
+        ),
+        "",
+    ]
+
+
+def _point_row(p: CurvePoint, cv: ModelCurve) -> str:
+    beats = {True: "yes", False: "no", None: "-"}[p.beats_baseline]
+    c = p.vs_reference
+    if p.n_train == cv.reference_n:
+        vs, reading, holm_p = "reference", "-", "-"
+    elif c is None:
+        vs, reading, holm_p = "-", "-", "-"
+    else:
+        vs, reading = c.diff.fmt(), c.reading()
+        holm_p = f"{c.p_contradict_holm:.3g}" if p.p_beat is not None else "-"
+    return (
+        f"| {p.n_train:,} | {len(p.per_seed)} | {p.mean:.3f} ± {p.sd:.3f} | "
+        f"{'-' if p.gain is None else p.gain.fmt()} | {beats} | {vs} | {reading} | {holm_p} |"
+    )
+
+
 def _curve_subsection(m: str, cv: ModelCurve) -> list[str]:
-    """One model's learning curve: source, one row per training-set size, the fit and its verdict."""
+    """One model: source, one row per training-set size with its comparisons, the verdict, the fit."""
     base = "-" if cv.baseline_miou is None else f"{cv.baseline_miou:.3f}"
+    ref = "none" if cv.reference_n is None else f"n = {cv.reference_n:,}"
     out = [
         f"### `{m}`: {cv.verdict}",
         "",
-        f"Source: {cv.source}; baseline mIoU {base}; smallest n beating the baseline: "
+        f"Source: {cv.source}; baseline mIoU {base}; reference size {ref}; smallest n beating the baseline: "
         f"{'none' if cv.smallest_beating_n is None else f'{cv.smallest_beating_n:,}'}.",
         "",
-        "| n_train | seeds | specialised mIoU (mean ± sd) | gain vs baseline [95% CI] | beats baseline |",
-        "|---|---|---|---|---|",
+        "| n_train | seeds | specialised mIoU (mean ± sd) | gain vs baseline [95% CI] | beats baseline | "
+        "vs reference [90% CI] | reading | adjusted p (contradiction) |",
+        "|---|---|---|---|---|---|---|---|",
+        *(_point_row(p, cv) for p in cv.points),
+        "",
+        *(f"- Decided by / failed: {r}" for r in cv.reasons),
+        *(f"- What would change it: {w}" for w in cv.would_change),
+        "",
+        f"Fitted curve (description only; it decides nothing): {cv.fit.describe()}.",
+        "",
     ]
-    for p in cv.points:
-        beats = {True: "yes", False: "no", None: "-"}[p.beats_baseline]
-        out.append(
-            f"| {p.n_train:,} | {len(p.per_seed)} | {p.mean:.3f} ± {p.sd:.3f} | "
-            f"{'-' if p.gain is None else p.gain.fmt()} | {beats} |"
-        )
-    out += ["", f"Fit: {cv.fit.describe()}.", "", *(f"- {r}" for r in cv.reasons), ""]
     return out
 
 
-def _data_section(dr: DataRuleReport) -> list[str]:
-    """The data-volume rule: verdict, what the grid can conclude, one subsection per model."""
+def _data_section(dr: DataRuleReport, calibrate_cmd: str) -> list[str]:
+    """The data-volume rule: verdict, how models combine, what the grid can conclude, per model."""
     out = [
         f"## Data-volume rule: {dr.claimed_n:,}+ samples are needed",
         "",
-        f"**Verdict: {dr.verdict}.** Prompt `{dr.primary_prompt}`. {dr.definition}",
+        f"**Verdict: {dr.verdict}.** Prompt `{dr.primary_prompt}`, margin delta = {dr.margin:g} mIoU "
+        f"(rules.margin). {dr.definition}",
+        "",
+        dr.combination,
         "",
         f"What the grid can conclude: {dr.grid_scope}",
+        "",
+        _calibration_line("data-rule", calibrate_cmd),
         "",
     ]
     for m, cv in dr.curves.items():
         out += _curve_subsection(m, cv)
     out += ["![learning curve](learning_curve.png)", ""]
+    return out
+
+
+def calibrate_command(dr: DataRuleReport, br: BaselineRuleReport, n_seeds: int, n_images: int) -> str:
+    """The calibration command that simulates this sweep's design (grid, seeds, test images, rules)."""
+    grid = sorted({p.n_train for cv in dr.curves.values() for p in cv.points})
+    parts = ["python -m specialsam.calibrate"]
+    if grid:
+        parts.append("--grid " + ",".join(str(n) for n in grid))
+    parts += [
+        f"--seeds {n_seeds}",
+        f"--test-images {n_images}",
+        f"--claimed-n {dr.claimed_n}",
+        f"--threshold {br.threshold:g}",
+        f"--margin {dr.margin:g}",
+    ]
+    return " ".join(parts)
+
+
+def _clicks_section(cr: ClicksReport) -> list[str]:
+    """mIoU after k clicks and NoC, base vs specialised; the baseline rule per click budget."""
+    if not cr.available:
+        return []
+    out = ["## Is fine-tuning worth more than a few clicks?", ""]
+    if cr.protocol:
+        out += [f"Protocol: {cr.protocol}.", ""]
+    for b in cr.budgets:
+        cells = "; ".join(
+            f"`{m}` baseline {bl:.3f}, gain {g.fmt()} ({obs}, Holm p {p:.3g})" for m, bl, g, obs, p in b.cells
+        )
+        out.append(f"- **{b.statement}**: baseline rule at {b.clicks} click(s) **{b.verdict}** ({cells})")
+    out.append("")
+    for m, mc in sorted(cr.models.items()):
+        out += [
+            f"### `{m}` ({mc.n_images} objects, {mc.n_seeds} seed(s), NoC capped at {mc.max_clicks})",
+            "",
+            "| interactions | base mIoU | specialised mIoU | gain [95% CI] |",
+            "|---|---|---|---|",
+            *(f"| {p.clicks} | {p.base_miou:.3f} | {p.spec_miou:.3f} | {p.gain.fmt()} |" for p in mc.points),
+            "",
+        ]
+        if mc.noc:
+            out += [
+                "| NoC@IoU | base clicks (reached) | specialised clicks (reached) "
+                "| clicks saved per object [95% CI] |",
+                "|---|---|---|---|",
+                *(
+                    f"| {r.threshold:.0%} | {r.base_noc:.2f} ({r.base_reached:.0%}) | {r.spec_noc:.2f} "
+                    f"({r.spec_reached:.0%}) | {r.saved.fmt(2)} |"
+                    for r in mc.noc
+                ),
+                "",
+            ]
+    out += ["![mIoU vs clicks](clicks_curve.png)", ""]
     return out
 
 
@@ -240,10 +366,15 @@ def _markdown(
     protocol: Mapping[str, Any] | None,
     extras: Sequence[BreakdownRow] = (),
     categories: Sequence[BreakdownRow] = (),
+    spread: Sequence[TuneSpread] = (),
+    calibrate_cmd: str = "python -m specialsam.calibrate",
+    clicks: ClicksReport | None = None,
 ) -> str:
-    out = _opening(task, data_kind, br, dr, health, retention, protocol)
-    out += _baseline_section(br)
-    out += _data_section(dr)
+    out = _opening(task, data_kind, br, dr, health, retention, protocol, clicks)
+    out += _baseline_section(br, calibrate_cmd)
+    out += _clicks_section(clicks) if clicks else []
+    out += _tune_section(spread)
+    out += _data_section(dr, calibrate_cmd)
     out += _health_section(health)
     out += _retention_section(retention)
     out += _breakdown_sections(br.primary_prompt, extras, categories)
@@ -260,34 +391,55 @@ def write_report(
     threshold: float = 0.75,
     primary_prompt: str = "center",
     claimed_n: int = 5000,
+    margin: float = 0.01,
     n_boot: int = 2000,
     n_boot_curve: int = 300,
     seed: int = 0,
     protocol: Mapping[str, Any] | None = None,
+    click_protocol: str = "",
 ) -> ReportFiles:
     """Analyse, then write ``report.md``, ``gain_vs_baseline.png``, ``learning_curve.png`` and, when
     there is a per-category table, ``category_bars.png`` beside it."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     br = baseline_rule(baselines, trials, threshold, primary_prompt, n_boot, seed)
-    dr = data_rule(baselines, trials, primary_prompt, claimed_n, n_boot, n_boot_curve, seed)
+    dr = data_rule(baselines, trials, primary_prompt, claimed_n, n_boot, n_boot_curve, seed, margin)
     health = health_summary(trials)
     retention = retention_summary(br.selections)
     report_md = out_dir / "report.md"
     extras = extra_breakdown(br.selections, baselines, primary_prompt)
     categories = category_breakdown(br.selections, baselines, primary_prompt)
-    report_md.write_text(
-        _markdown(task, data_kind, br, dr, health, retention, protocol, extras, categories), encoding="utf-8"
+    n_seeds = max((len(p.per_seed) for cv in dr.curves.values() for p in cv.points), default=0)
+    cmd = calibrate_command(dr, br, n_seeds, check_alignment(baselines, trials) or 0)
+    cr = clicks_rule(baselines, br.selections, primary_prompt, threshold, click_protocol, n_boot, seed)
+    text = _markdown(
+        task, data_kind, br, dr, health, retention, protocol, extras, categories, tune_spread(trials), cmd, cr
     )
+    report_md.write_text(text, encoding="utf-8")
     gain_plot = plots.plot_gain_vs_baseline(
         br, out_dir / "gain_vs_baseline.png", title=f"{task}: gain vs baseline"
     )
     curve_plot = plots.plot_learning_curve(
         dr, out_dir / "learning_curve.png", title=f"{task}: learning curve"
     )
+    clicks_plot = None
+    if cr.available:
+        clicks_plot = plots.plot_clicks_curve(
+            cr, out_dir / "clicks_curve.png", title=f"{task}: mIoU vs clicks"
+        )
     cat_plot = None
     if categories:
         cat_plot = plots.plot_category_bars(categories, out_dir / CATEGORY_PLOT, f"{task}: mIoU per category")
     return ReportFiles(
-        report_md, gain_plot, curve_plot, br.verdict, dr.verdict, br, dr, summary_rows(br, dr), cat_plot
+        report_md,
+        gain_plot,
+        curve_plot,
+        br.verdict,
+        dr.verdict,
+        br,
+        dr,
+        summary_rows(br, dr),
+        cr,
+        clicks_plot,
+        cat_plot,
     )

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
     from specialsam.analysis.baseline_rule import BaselineRuleReport
+    from specialsam.analysis.clicks_rule import ClicksReport
     from specialsam.analysis.data_rule import DataRuleReport
     from specialsam.analysis.summaries import BreakdownRow
     from specialsam.analysis.survey import SurveyCell
@@ -127,6 +128,32 @@ def plot_learning_curve(report: DataRuleReport, path: Path, title: str = "learni
     ax.set_xlabel("training samples (n_train, log scale)")
     ax.set_ylabel(f"test mIoU ({report.primary_prompt} prompt)")
     ax.set_title(f"{title} (data rule: {report.verdict}); dotted: n95")
+    ax.legend(fontsize=7, loc="best")
+    return _save(fig, path)
+
+
+def plot_clicks_curve(report: ClicksReport, path: Path, title: str = "mIoU vs clicks") -> Path:
+    """mIoU after k interactions, base (dashed) vs specialised (solid) per model: where the lines
+    meet, a few extra clicks are worth as much as fine-tuning."""
+    fig, ax = _figure()
+    colors = _colors(sorted(report.models))
+    for m, mc in sorted(report.models.items()):
+        ks = [p.clicks for p in mc.points]
+        ax.plot(ks, [p.base_miou for p in mc.points], "o--", color=colors[m], label=f"{m} base")
+        ax.errorbar(
+            ks,
+            [p.spec_miou for p in mc.points],
+            yerr=[[p.gain.mean - p.gain.lo for p in mc.points], [p.gain.hi - p.gain.mean for p in mc.points]],
+            fmt="o-",
+            color=colors[m],
+            capsize=3,
+            label=f"{m} specialised (bars: gain 95% CI)",
+        )
+    if not report.models:
+        ax.text(0.5, 0.5, "no interactive evaluation", ha="center", transform=ax.transAxes)
+    ax.set_xlabel("interactions (1 = the prompt, then corrective clicks)")
+    ax.set_ylabel(f"test mIoU ({report.prompt} first)")
+    ax.set_title(title)
     ax.legend(fontsize=7, loc="best")
     return _save(fig, path)
 

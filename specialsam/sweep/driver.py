@@ -22,10 +22,18 @@ from specialsam.config import SweepConfig, config_to_dict
 from specialsam.errors import UserError
 from specialsam.finetune.cache import EmbeddingCache
 from specialsam.finetune.pack import Pack, PackSettings, build_pack, model_identity
-from specialsam.finetune.pipeline import Scoring, score_decoder
+from specialsam.finetune.pipeline import score_decoder
 from specialsam.models.registry import load_model
 from specialsam.sweep import mlflow_runs as names
-from specialsam.sweep.finish import SweepOutcome, cleanup_trials, export_best, finish_report, trial_results
+from specialsam.sweep.finish import (
+    SweepOutcome,
+    cleanup_trials,
+    click_fields,
+    export_best,
+    finish_report,
+    logged_click_fields,
+    trial_results,
+)
 from specialsam.sweep.outputs import (
     RunOptions,
     cache_root,
@@ -54,12 +62,6 @@ def pack_settings(cfg: SweepConfig) -> PackSettings:
         strategies=tuple(cfg.eval.strategies),
         primary=cfg.eval.primary,
     )
-
-
-def scoring(cfg: SweepConfig) -> Scoring:
-    """How a sweep scores baselines and trials (``eval:``)."""
-    e = cfg.eval
-    return Scoring(tuple(e.strategies), e.primary, e.mask_selection, e.extra_metrics)
 
 
 def retention_set(cfg: SweepConfig) -> list:
@@ -292,15 +294,16 @@ def _model_baselines(
     cfg, tracker = sweep.cfg, sweep.tracker
     strategies = list(cfg.eval.strategies)
     todo = [s for s in strategies if names.baseline_key(model, s) not in existing]
-    scores = score_decoder(sam, sweep.packs[model], scoring(cfg), sweep.dev, todo)
+    scores = score_decoder(sam, sweep.packs[model], cfg.scoring(model), sweep.dev, todo)
     out = []
     for strat in strategies:
         extra = scores.extra_miou if strat == cfg.eval.primary else {}
         run = existing.get(names.baseline_key(model, strat))
         if run is not None:
-            per = tracker.download_json(run.info.run_id, names.PER_IMAGE_IOU)["iou"]
+            per = tracker.download_json(run.info.run_id, names.PER_IMAGE_IOU)
             cats = names.with_prefix(run.data.metrics, names.CATEGORY_PREFIX)
-            out.append(BaselineResult(model, strat, np.asarray(per), cats, extra))
+            clicked = logged_click_fields(per)
+            out.append(BaselineResult(model, strat, np.asarray(per["iou"]), cats, extra, **clicked))
             continue
         sc = scores.test[strat]
         run_id = tracker.create_run(
@@ -309,11 +312,14 @@ def _model_baselines(
             parent=sweep.parent,
         )
         tracker.log_params(run_id, names.baseline_params(model, strat))
-        retention = scores.retention_miou if strat == cfg.eval.primary else None
-        tracker.log_metrics(run_id, names.baseline_metrics(sc, retention, extra))
-        tracker.log_json(run_id, names.per_image_json(sc), names.PER_IMAGE_IOU)
+        primary = strat == cfg.eval.primary
+        retention = scores.retention_miou if primary else None
+        clicking = scores.interactive if primary else None
+        tracker.log_metrics(run_id, names.baseline_metrics(sc, retention, extra, clicking))
+        tracker.log_json(run_id, names.per_image_json(sc, clicking), names.PER_IMAGE_IOU)
         tracker.finish(run_id)
-        out.append(BaselineResult(model, strat, sc.per_image_iou, dict(sc.per_category), extra))
+        clicked = click_fields(clicking)
+        out.append(BaselineResult(model, strat, sc.per_image_iou, dict(sc.per_category), extra, **clicked))
     return out, scores.retention_miou
 
 
@@ -338,7 +344,7 @@ def sweep_context(cfg: SweepConfig, packs: dict[str, Pack], cache: EmbeddingCach
         phase=phase,
         packs={n: str(p.folder) for n, p in packs.items()},
         cache_dir=str(cache.root),
-        scoring=scoring(cfg),
+        scoring={m: cfg.scoring(m) for m in packs},
         train=train,
         threads=max(1, int(cfg.resources.cpus_per_trial)),
         **kw,
@@ -437,7 +443,7 @@ def _phase_b(sweep: Sweep, common: dict[str, Any]) -> list:
 
 def finish(sweep: Sweep, baselines: Baselines, trials: list) -> SweepOutcome:
     """Stage 5: rules, report, export; the parent run finished and the state file marked done."""
-    results = trial_results(trials, baselines.retention)
+    results = trial_results(trials, baselines.retention, sweep.cfg)
     try:
         outcome = finish_report(
             sweep.tracker, sweep.parent, sweep.cfg, sweep.task.data, baselines.results, results

@@ -19,6 +19,7 @@ from specialsam.analysis.results import BaselineResult, TrialResult
 from specialsam.analysis.summaries import format_summary
 from specialsam.config import SweepConfig
 from specialsam.errors import UserError, disk_full
+from specialsam.finetune.clicks import InteractiveScores
 from specialsam.finetune.records import RESULT_FILE, TrialRecord
 from specialsam.report.markdown import write_report
 from specialsam.sweep import mlflow_runs as names
@@ -43,9 +44,39 @@ class SweepOutcome:
     data_kind: str = "real"
 
 
-def trial_from_record(trial_id: str, rec: TrialRecord, base_retention_miou: float | None) -> TrialResult:
-    """A trial's record (from its Tune checkpoint or its MLflow run) as the rules read it."""
+def click_fields(scores: InteractiveScores | None) -> dict[str, Any]:
+    """A decoder's interactive scores as the rules read them (``BaselineResult``/``TrialResult`` fields)."""
+    if scores is None:
+        return {}
+    return {
+        "clicks_iou": {k: scores.iou[:, j] for j, k in enumerate(scores.clicks)},
+        "noc": {t: v.astype(float) for t, v in scores.noc.items()},
+        "max_clicks": scores.max_clicks,
+    }
+
+
+def logged_click_fields(per_image: dict[str, Any]) -> dict[str, Any]:
+    """``click_fields`` of a baseline run's per-image file (only the primary strategy's has them)."""
+    raw = per_image.get("interactive")
+    return click_fields(InteractiveScores.from_dict(raw)) if raw else {}
+
+
+def trial_from_record(
+    trial_id: str,
+    rec: TrialRecord,
+    base_retention_miou: float | None,
+    default_point: dict[str, float] | None = None,
+) -> TrialResult:
+    """A trial's record (from its Tune checkpoint or its MLflow run) as the rules read it.
+
+    ``default_point``: the searched parameters' defaults (``SweepConfig.default_point``); the
+    phase-A trial run with exactly those is the report's "default configuration"."""
     p = rec.params
+    is_default = (
+        rec.phase == "tune"
+        and default_point is not None
+        and all(p.get(k) == v for k, v in default_point.items())
+    )
     return TrialResult(
         trial_id=trial_id,
         model=rec.model,
@@ -60,12 +91,17 @@ def trial_from_record(trial_id: str, rec: TrialRecord, base_retention_miou: floa
         base_retention_miou=base_retention_miou,
         per_category={s: v.per_category or {} for s, v in rec.test.items()},
         extra_miou=rec.extra_miou,
+        default_config=is_default,
+        **click_fields(rec.interactive_scores()),
     )
 
 
-def trial_results(trials: list[PhaseTrial], base_retention: dict[str, float | None]) -> list[TrialResult]:
+def trial_results(
+    trials: list[PhaseTrial], base_retention: dict[str, float | None], cfg: SweepConfig
+) -> list[TrialResult]:
+    point = cfg.default_point()
     return [
-        trial_from_record(t.key, t.record, base_retention.get(t.record.model))
+        trial_from_record(t.key, t.record, base_retention.get(t.record.model), point)
         for t in trials
         if t.record is not None
     ]
@@ -90,7 +126,9 @@ def finish_report(
             threshold=cfg.rules.threshold,
             primary_prompt=cfg.eval.primary,
             claimed_n=cfg.rules.claimed_n,
+            margin=cfg.rules.margin,
             seed=cfg.seed,
+            click_protocol=cfg.click_protocol(),
             protocol={
                 "prompt": cfg.eval.primary,
                 "mask_selection": cfg.eval.mask_selection,
@@ -195,15 +233,16 @@ def analyze_only(cfg: SweepConfig, opts: RunOptions, parent: str) -> SweepOutcom
 def logged_baselines(tracker: Tracker, parent: str) -> list[BaselineResult]:
     out = []
     for r in tracker.children(parent, names.ROLE_BASELINE):
-        per = tracker.download_json(r.info.run_id, names.PER_IMAGE_IOU)["iou"]
+        per = tracker.download_json(r.info.run_id, names.PER_IMAGE_IOU)
         metrics = r.data.metrics
         out.append(
             BaselineResult(
                 r.data.params["model"],
                 r.data.params["strategy"],
-                np.asarray(per),
+                np.asarray(per["iou"]),
                 names.with_prefix(metrics, names.CATEGORY_PREFIX),
                 names.with_prefix(metrics, names.EXTRA_PREFIX),
+                **logged_click_fields(per),
             )
         )
     return out
@@ -216,7 +255,8 @@ def logged_trials(tracker: Tracker, parent: str, cfg: SweepConfig) -> list[Trial
             continue
         rec = TrialRecord.from_dict(tracker.download_json(r.info.run_id, RESULT_FILE))
         trial_id = r.data.tags.get(names.TRIAL_ID, r.info.run_id)
-        out.append(trial_from_record(trial_id, rec, r.data.metrics.get(names.BASE_RETENTION_MIOU)))
+        base_ret = r.data.metrics.get(names.BASE_RETENTION_MIOU)
+        out.append(trial_from_record(trial_id, rec, base_ret, cfg.default_point()))
     return out
 
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from specialsam.analysis.results import TAG_BASELINE_RULE, TAG_DATA_RULE
+from specialsam.finetune.clicks import InteractiveScores
 from specialsam.finetune.evaluate import Scores
 from specialsam.finetune.records import RESULT_FILE, TrialRecord
 
@@ -44,6 +45,7 @@ EXPORT_FULL = "specialsam.export.full"
 EXPORT_TRIAL = "specialsam.export.trial"
 STUDY_TASKS = "specialsam.tasks"
 PROMPT_PROTOCOL = "specialsam.prompt_protocol"
+CLICK_PROTOCOL = "specialsam.click_protocol"
 VERDICT_BASELINE_RULE, VERDICT_DATA_RULE = TAG_BASELINE_RULE, TAG_DATA_RULE
 """The two overall verdicts (named with the verdict vocabulary in ``analysis.results``)."""
 
@@ -64,6 +66,8 @@ BEST_VAL_MIOU = "best_val_miou"
 TRIAL_SECONDS = "trial_seconds"
 STEPS = "steps"
 SKIPPED_EMPTY = "skipped_empty"
+CLICKS_PREFIX = "clicks_miou."
+NOC_PREFIX = "noc."
 
 # ---------------------------------------------------------------------------------- artifacts
 PER_IMAGE_IOU = "per_image_iou.json"
@@ -112,6 +116,17 @@ def with_prefix(metrics: Mapping[str, float], prefix: str) -> dict[str, float]:
     return {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
 
 
+def interactive_metrics(scores: InteractiveScores | None) -> dict[str, float]:
+    """``clicks_miou.<k>`` (mIoU after k interactions) and ``noc.<t>`` (mean clicks to IoU t, t in
+    percent: ``noc.85``) of a decoder's simulated corrective clicking, primary strategy."""
+    if scores is None:
+        return {}
+    miou, noc = scores.means()
+    out = {f"{CLICKS_PREFIX}{k}": v for k, v in miou.items()}
+    out.update({f"{NOC_PREFIX}{round(t * 100)}": v for t, v in noc.items()})
+    return out
+
+
 # ------------------------------------------------------------------------------- parent run
 def sweep_tags(
     task: str, data: str, primary: str, mask_selection: str, image_size: Mapping[str, int]
@@ -141,8 +156,8 @@ def baseline_run_name(model: str, strategy: str) -> str:
     return f"baseline-{model}-{strategy}"
 
 
-def baseline_tags(common: Mapping[str, str], model: str, scores: Scores) -> dict:
-    return {
+def baseline_tags(common: Mapping[str, str], model: str, scores: Scores, click_protocol: str = "") -> dict:
+    tags = {
         **common,
         ROLE: ROLE_BASELINE,
         TRIAL_ID: baseline_key(model, scores.protocol.strategy),
@@ -150,14 +165,23 @@ def baseline_tags(common: Mapping[str, str], model: str, scores: Scores) -> dict
         **scores.protocol.tags(),
         PROMPT_PROTOCOL: scores.protocol.label(),
     }
+    if click_protocol:
+        tags[CLICK_PROTOCOL] = click_protocol
+    return tags
 
 
 def baseline_params(model: str, strategy: str) -> dict:
     return {"model": model, "strategy": strategy}
 
 
-def baseline_metrics(scores: Scores, retention: float | None, extra: Mapping[str, float]) -> dict:
-    """One strategy's zero-shot scores; ``retention`` and ``extra`` only on the primary strategy's run."""
+def baseline_metrics(
+    scores: Scores,
+    retention: float | None,
+    extra: Mapping[str, float],
+    interactive: InteractiveScores | None = None,
+) -> dict:
+    """One strategy's zero-shot scores; ``retention``, ``extra`` and ``interactive`` only on the
+    primary strategy's run."""
     metrics = {
         TEST_MIOU: scores.miou,
         **{test_metric(k): v for k, v in scores.means.items() if k != "iou"},
@@ -167,12 +191,17 @@ def baseline_metrics(scores: Scores, retention: float | None, extra: Mapping[str
     if retention is not None:
         metrics[RETENTION_MIOU] = retention
     metrics.update({EXTRA_PREFIX + k: v for k, v in extra.items()})
+    metrics.update(interactive_metrics(interactive))
     return metrics
 
 
-def per_image_json(scores: Scores) -> dict[str, Any]:
-    """What :data:`PER_IMAGE_IOU` holds: the paired per-image IoU the rules read back."""
-    return {"iou": scores.per_image_iou.tolist(), "keys": scores.keys}
+def per_image_json(scores: Scores, interactive: InteractiveScores | None = None) -> dict[str, Any]:
+    """What :data:`PER_IMAGE_IOU` holds: the paired per-image IoU the rules read back (and, on the
+    primary strategy's run, the per-image click curves and NoC)."""
+    out: dict[str, Any] = {"iou": scores.per_image_iou.tolist(), "keys": scores.keys}
+    if interactive is not None:
+        out["interactive"] = interactive.to_dict()
+    return out
 
 
 # --------------------------------------------------------------------------------- trial runs
@@ -184,8 +213,11 @@ def trial_run_name(phase: str, model: str, n_train: int, seed: int, tune_trial_i
     return f"{phase}-{model}-n{n_train}-s{seed}-{tune_trial_id}"
 
 
-def trial_tags(common: Mapping[str, str], key: str, phase: str, model: str) -> dict:
-    return {**common, ROLE: ROLE_TRIAL, TRIAL_ID: key, PHASE: phase, MODEL: model}
+def trial_tags(common: Mapping[str, str], key: str, phase: str, model: str, click_protocol: str = "") -> dict:
+    tags = {**common, ROLE: ROLE_TRIAL, TRIAL_ID: key, PHASE: phase, MODEL: model}
+    if click_protocol:
+        tags[CLICK_PROTOCOL] = click_protocol
+    return tags
 
 
 def epoch_metrics(result: Mapping[str, Any]) -> dict[str, float]:
@@ -248,6 +280,7 @@ def trial_metrics(
             metrics[EXTRA_CHANGE_PREFIX + name] = v - base_extra[name]
     if primary in record.test:
         metrics.update({CATEGORY_PREFIX + c: v for c, v in record.test[primary].per_category.items()})
+    metrics.update(interactive_metrics(record.interactive_scores()))
     return metrics
 
 

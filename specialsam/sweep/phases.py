@@ -82,7 +82,9 @@ class MlflowLogger(tune.Callback):
             cfg, phase = trial.config, self.ctx.phase
             run_id = self.log.tracker.create_run(
                 names.trial_run_name(phase, cfg["model"], cfg["n_train"], cfg["seed"], trial.trial_id),
-                names.trial_tags(self.log.common_tags, key, phase, cfg["model"]),
+                names.trial_tags(
+                    self.log.common_tags, key, phase, cfg["model"], _click_protocol(self.ctx, cfg)
+                ),
                 parent=self.log.parent_run,
             )
             params = {**self.ctx.best.get(cfg["model"], {}), **{k: cfg[k] for k in TRIAL_PARAMS if k in cfg}}
@@ -129,6 +131,11 @@ class MlflowLogger(tune.Callback):
         with ckpt.as_directory() as d:
             log_trial_record(self.log, run, Path(d))
         self.log.tracker.finish(run, "FINISHED")
+
+
+def _click_protocol(ctx: SweepContext, config: dict) -> str:
+    how = ctx.scoring[config["model"]]
+    return how.protocol() if how.interactive else ""
 
 
 def log_trial_record(log: SweepLogging, run: str, folder: Path) -> None:

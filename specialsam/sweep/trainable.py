@@ -41,7 +41,7 @@ class SweepContext:
     phase: str  # "tune" (phase A) or "curve" (phase B)
     packs: dict[str, str]  # model -> pack folder
     cache_dir: str
-    scoring: Scoring
+    scoring: dict[str, Scoring]  # model -> how its trials are scored
     train: TrainSettings  # the shared training settings of this phase
     threads: int = 1
     best: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> phase A's best values
@@ -68,14 +68,15 @@ def trainable(config: dict[str, Any], ctx: SweepContext) -> None:
     fault = ctx.fault or {}
     if _fault_matches(fault.get("nan"), config):  # test hook: a learning rate that must blow up
         cfg.lr, cfg.grad_clip = 1e30, 0.0
-    thumbs = OverlayThumbs(sam, pack, ctx.scoring)
+    scoring = ctx.scoring[config["model"]]
+    thumbs = OverlayThumbs(sam, pack, scoring)
     base_thumbs = thumbs.predict()
     try:
         out = specialise(
             sam,
             pack,
             cfg,
-            ctx.scoring,
+            scoring,
             dev,
             on_epoch=report_epoch,
             fault_hook=lambda step: _maybe_inject_fault(fault, config, step),
