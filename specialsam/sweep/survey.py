@@ -12,6 +12,7 @@ rules apply; it is the first question of the study (is zero-shot SAM already goo
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -59,7 +60,7 @@ def _categories(cfg: SweepConfig) -> list[str]:
 def _category_cells(cfg: SweepConfig, opts: RunOptions, category: str, models: dict, cache) -> tuple:
     """Load one category, encode its test images per model, score every strategy zero-shot."""
     from specialsam.device import select_device
-    from specialsam.sweep.driver import pack_settings, scoring
+    from specialsam.sweep.driver import pack_settings
 
     data = {**(cfg.data or {}), "category": category, "n_synthetic": 4, "n_val": 4}
     task = load_task(cfg.task, cfg.data_root, data, cfg.seed)
@@ -71,7 +72,8 @@ def _category_cells(cfg: SweepConfig, opts: RunOptions, category: str, models: d
     for name, (sam, info) in models.items():
         ident = model_identity(sam, name, info.sha256)
         folder = build_pack(task, sam, ident, cache, pack_settings(cfg), progress=not opts.quiet)
-        scores = score_decoder(sam, Pack(folder, cache), scoring(cfg), select_device())
+        plain = dataclasses.replace(cfg.scoring(name), clicks=(), noc_thresholds=())  # one prompt each
+        scores = score_decoder(sam, Pack(folder, cache), plain, select_device())
         for strat, sc in scores.test.items():
             cells.append(survey_cell(name, category, strat, sc.per_image_iou, seed=cfg.seed))
     return cells, task.data
