@@ -25,7 +25,14 @@ from specialsam.finetune.pack import Pack, PackSettings, build_pack, model_ident
 from specialsam.finetune.pipeline import Scoring, score_decoder
 from specialsam.models.registry import load_model
 from specialsam.sweep import mlflow_runs as names
-from specialsam.sweep.finish import SweepOutcome, cleanup_trials, export_best, finish_report, trial_results
+from specialsam.sweep.finish import (
+    SweepOutcome,
+    cleanup_trials,
+    export_best,
+    finish_report,
+    publish_model,
+    trial_results,
+)
 from specialsam.sweep.outputs import (
     RunOptions,
     cache_root,
@@ -118,6 +125,7 @@ class Sweep:
     parent: str = ""
     common: dict[str, str] = field(default_factory=dict)
     packs: dict[str, Pack] = field(default_factory=dict)
+    datasets: Any = None  # sweep.datasets.TaskDatasets, built on first use
 
     def save(self) -> None:
         save_state(self.folder, self.state)
@@ -252,6 +260,7 @@ def open_parent_run(sweep: Sweep, live: _Live) -> None:
             sweep.folder.name, names.parent_tags(sweep.common, str(sweep.folder), list(cfg.models))
         )
         tracker.log_params(sweep.parent, config_to_dict(cfg))
+        tracker.log_inputs(sweep.parent, task_datasets(sweep).inputs())
         sweep.state = {"parent_run_id": sweep.parent, "config": config_to_dict(cfg), "best": {}, "done": []}
         sweep.save()
         return
@@ -263,6 +272,15 @@ def open_parent_run(sweep: Sweep, live: _Live) -> None:
         f"{closed} interrupted run(s) marked KILLED",
         sweep.opts,
     )
+
+
+def task_datasets(sweep: Sweep):
+    """The task's splits as MLflow dataset inputs (fingerprints computed once per sweep)."""
+    from specialsam.sweep.datasets import TaskDatasets
+
+    if sweep.datasets is None:
+        sweep.datasets = TaskDatasets(sweep.cfg.task, sweep.task, sweep.cfg.data_root)
+    return sweep.datasets
 
 
 def score_baselines(sweep: Sweep) -> Baselines:
@@ -358,12 +376,14 @@ def run_phases(sweep: Sweep, baselines: Baselines) -> list:
         baselines.retention,
         cfg.eval.primary,
         base_extra=baselines.extra,
+        datasets=task_datasets(sweep),
     )
     common = {
         "log": log,
         "storage": sweep.folder,
         "resources": phases.trial_resources(cfg.resources.cpus_per_trial, cfg.resources.gpus_per_trial),
         "max_concurrent": cfg.resources.max_concurrent,
+        "progress": not sweep.opts.quiet,
     }
     trials = []
     for name in cfg.models:
@@ -445,6 +465,10 @@ def finish(sweep: Sweep, baselines: Baselines, trials: list) -> SweepOutcome:
         outcome.export_paths = export_best(
             sweep.tracker, sweep.parent, sweep.cfg, outcome.report, trials, sweep.models, sweep.opts
         )
+        if outcome.export_paths:
+            outcome.model = publish_model(
+                sweep.tracker, sweep.parent, sweep.cfg, outcome.report, outcome.export_paths[0]
+            )
     finally:
         cleanup_trials(trials)  # the trials' downloaded checkpoints (temp folders)
     sweep.tracker.finish(sweep.parent)

@@ -187,6 +187,19 @@ class Tracker:
         for i in range(0, len(items), 500):
             self.client.log_batch(run_id, metrics=items[i : i + 500])
 
+    def log_new_params(self, run_id: str, params: dict[str, Any]) -> list[str]:
+        """Log the params not yet on the run (MLflow params are immutable, so a rebuilt summary can
+        only add); returns the keys already logged with another value, which stay as they were."""
+        have = self.client.get_run(run_id).data.params
+        flat = _flatten(params)
+        self.log_params(run_id, {k: v for k, v in flat.items() if k not in have})
+        return sorted(k for k, v in flat.items() if k in have and have[k] != v)
+
+    def log_inputs(self, run_id: str, inputs: list) -> None:
+        """Dataset inputs (``mlflow.entities.DatasetInput``, built by ``sweep.datasets``)."""
+        if inputs:
+            self.client.log_inputs(run_id, datasets=inputs)
+
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         for k, v in tags.items():
             self.client.set_tag(run_id, k, str(v))
