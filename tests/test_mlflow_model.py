@@ -77,6 +77,11 @@ def test_parent_run_summarises_the_sweep(sweep):
     assert m["baseline_miou"] == pytest.approx(base.data.metrics["test_miou"])
     report = Path(client.download_artifacts(parent.info.run_id, "rules/report.md")).read_text()
     assert f"{m['gain']:+.3f} [{m['gain_ci_lo']:+.3f}, {m['gain_ci_hi']:+.3f}]" in report
+    page = Path(client.download_artifacts(parent.info.run_id, "rules/report.html")).read_text()
+    assert page.count('src="data:image/png;base64,') == 2  # both plots inline (MLflow's HTML preview)
+    assert client.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == (
+        "custom_model_development"  # opens in MLflow 3's runs table ("Model training")
+    )
     assert p["recommended.model"] == "tiny-s" and p["recommended.prompt"] == "center"
     assert int(p["recommended.n_train"]) in (32, 64) and "recommended.lr" in p
 
@@ -116,6 +121,8 @@ def test_parent_and_trials_log_their_data_as_dataset_inputs(sweep):
         digests.setdefault(n, set()).add(mine["training"].digest)
     assert len(digests) == 2 and all(len(d) == 1 for d in digests.values())  # seeds share the data
     assert len(set().union(*digests.values())) == 2  # 32 and 64 samples differ
+    for base in (r for r in runs if r.data.tags.get(names.ROLE) == names.ROLE_BASELINE):
+        assert {c: d.name for c, d in inputs(base).items()} == {"testing": "carpet-test"}
 
 
 # ------------------------------------------------------------------------ the pyfunc, load and serve

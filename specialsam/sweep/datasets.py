@@ -78,13 +78,16 @@ class TaskDatasets:
             self.source(), names.dataset_name(self.task, split, n), h.hexdigest()[:DIGEST_CHARS], profile
         )
 
-    def inputs(self, n_train: int | None = None) -> list:
-        """``DatasetInput`` entities for train (all, or its first ``n_train``), val and test."""
+    def inputs(self, n_train: int | None = None, splits: tuple[str, ...] = ("train", "val", "test")) -> list:
+        """``DatasetInput`` entities for train (all, or its first ``n_train``), val and test (a
+        baseline scores the test split only: ``splits=("test",)``)."""
         from mlflow.entities import DatasetInput, InputTag
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
         out = []
         for split, context in names.DATASET_CONTEXTS.items():
+            if split not in splits:
+                continue
             ds = self.dataset(split, n_train if split == "train" else None)
             out.append(
                 DatasetInput(

@@ -212,6 +212,7 @@ def start_ray(sweep: Sweep) -> None:
     ray_runtime.init_ray(sweep.opts.address)
     ray_runtime.check_gpus(sweep.cfg.resources.gpus_per_trial)
     sweep.tracker = Tracker(sweep.uri, sweep.opts.experiment or experiment_name(sweep.cfg.task))
+    sweep.tracker.open_in_runs_view()
 
 
 def build_packs(sweep: Sweep) -> None:
@@ -327,6 +328,7 @@ def _model_baselines(
             parent=sweep.parent,
         )
         tracker.log_params(run_id, names.baseline_params(model, strat))
+        tracker.log_inputs(run_id, task_datasets(sweep).inputs(splits=("test",)))
         retention = scores.retention_miou if strat == cfg.eval.primary else None
         tracker.log_metrics(run_id, names.baseline_metrics(sc, retention, extra))
         tracker.log_json(run_id, names.per_image_json(sc), names.PER_IMAGE_IOU)

@@ -21,6 +21,7 @@ from specialsam.analysis.summaries import format_summary
 from specialsam.config import SweepConfig
 from specialsam.errors import UserError, disk_full
 from specialsam.finetune.records import RESULT_FILE, TrialRecord
+from specialsam.report.html import write_html
 from specialsam.report.markdown import write_report
 from specialsam.sweep import mlflow_runs as names
 from specialsam.sweep.outputs import RunOptions, check_tracking_db, export_root
@@ -101,7 +102,8 @@ def finish_report(
                 "data": data_kind,
             },
         )
-        for f in (rep.report_md, rep.gain_plot, rep.curve_plot):
+        page = write_html(rep.report_md)  # MLflow's markdown preview drops images; its HTML one shows them
+        for f in (rep.report_md, page, rep.gain_plot, rep.curve_plot):
             tracker.log_artifact(parent, f, "rules")
         summary = format_summary(rep.summary)
     tracker.set_tags(parent, rep.tags)

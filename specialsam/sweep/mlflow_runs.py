@@ -18,6 +18,13 @@ from specialsam.analysis.results import EXCLUDED_PARAM_KEYS, TAG_BASELINE_RULE, 
 from specialsam.finetune.evaluate import Scores
 from specialsam.finetune.records import RESULT_FILE, TrialRecord
 
+# ---------------------------------------------------------------------------------- experiment
+EXPERIMENT_KIND = "mlflow.experimentKind"
+"""The experiment tag MLflow 3's UI reads to choose its view (what its experiment-type selector
+writes); without it a new experiment opens in the GenAI view (traces), not the runs table."""
+KIND_MODEL_TRAINING = "custom_model_development"
+"""The UI's "Model training" view: the runs table, charts, datasets and logged models."""
+
 # --------------------------------------------------------------------------------------- tags
 ROLE = "specialsam.role"
 """Which kind of run: one of the ``ROLE_*`` values."""

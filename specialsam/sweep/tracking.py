@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from specialsam.errors import UserError
-from specialsam.sweep.mlflow_runs import PARENT, ROLE, ROLE_SWEEP, ROLE_TRIAL, TRIAL_ID
+from specialsam.sweep.mlflow_runs import (
+    EXPERIMENT_KIND,
+    KIND_MODEL_TRAINING,
+    PARENT,
+    ROLE,
+    ROLE_SWEEP,
+    ROLE_TRIAL,
+    TRIAL_ID,
+)
 
 MAX_PARAM_LEN = 500
 
@@ -139,7 +147,15 @@ class Tracker:
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
         else:
             self.experiment_id = exp.experiment_id
+        if exp is None:
+            self.open_in_runs_view()
         self.experiment = experiment
+
+    def open_in_runs_view(self) -> None:
+        """Make MLflow 3's UI open this experiment in its runs table ("Model training") rather than
+        its GenAI view; a kind the user chose in the UI stays."""
+        if EXPERIMENT_KIND not in self.client.get_experiment(self.experiment_id).tags:
+            self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, KIND_MODEL_TRAINING)
 
     @classmethod
     def for_run(cls, tracking_uri: str, run_id: str, label: str) -> tuple[Tracker, Any]:
