@@ -128,29 +128,45 @@ COLUMNS += ("n_train", "seed")
 CLOSE_ASSISTANT = "[...document.querySelectorAll('button')].filter(b=>b.getAttribute('aria-label')=='Close')"
 
 
-def click_text(c: CDP, text: str, leaf_only: bool = False) -> int:
+def click_text(c: CDP, text: str) -> int:
     """Click the innermost element whose text is ``text``; returns how many matched."""
-    leaf = "e.children.length==0 && " if leaf_only else ""
     return c.js(
-        f"(() => {{ const s=[...document.querySelectorAll('*')].filter(e=>{leaf}e.textContent.trim()=="
+        "(() => { const s=[...document.querySelectorAll('*')].filter(e=>e.textContent.trim()=="
         f"{json.dumps(text)}); if (s.length) s[s.length-1].click(); return s.length }})()"
     )
+
+
+def open_page(c: CDP, url: str) -> None:
+    """Open ``url`` with the UI's assistant panel kept shut (it opens itself on a first visit)."""
+    c.call("Page.enable")
+    c.call("Page.navigate", url=url)
+    time.sleep(6)
+    c.js(
+        "localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
+        "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true')"
+    )
+    c.call("Page.reload")
+    time.sleep(7)
+    c.js(CLOSE_ASSISTANT + ".forEach(b=>b.click())")
+    time.sleep(1)
 
 
 def runs_table(ui: str, exp: str, out: str) -> None:
     proc, c = start(2000, 900)
     try:
-        c.call("Page.enable")
-        c.call("Page.navigate", url=f"{ui}/#/experiments/{exp}/runs?workflowType=machine_learning")
-        time.sleep(7)
-        c.js(CLOSE_ASSISTANT + ".forEach(b=>b.click())")
+        open_page(c, f"{ui}/#/experiments/{exp}/runs?workflowType=machine_learning")
         c.js("document.querySelector('button[data-component-id*=runnamecellrenderer]').click()")  # expand
+        time.sleep(2)
         c.js("document.querySelector('button[data-component-id*=experimentviewrunscolumnselector]').click()")
-        time.sleep(1.5)
-        for name in COLUMNS:
-            click_text(c, name, leaf_only=True)
-            time.sleep(0.3)
-        c.js("document.body.click()")
+        time.sleep(2)
+        for name in COLUMNS:  # the column selector's entries
+            c.js(
+                "(() => { const s=[...document.querySelectorAll('span')].filter(e=>e.children.length==0 && "
+                f"e.textContent.trim()=={json.dumps(name)}); if (s.length) s[0].click() }})()"
+            )
+            time.sleep(0.4)
+        for kind in ("keyDown", "keyUp"):  # close the column selector
+            c.call("Input.dispatchKeyEvent", type=kind, key="Escape", code="Escape", windowsVirtualKeyCode=27)
         time.sleep(2)
         c.shot(out)
     finally:
@@ -161,11 +177,7 @@ def runs_table(ui: str, exp: str, out: str) -> None:
 def report(ui: str, exp: str, parent: str, out: str) -> None:
     proc, c = start(1500, 2050)
     try:
-        c.call("Page.enable")
-        page = f"{ui}/#/experiments/{exp}/runs/{parent}/artifacts?workflowType=machine_learning"
-        c.call("Page.navigate", url=page)
-        time.sleep(7)
-        c.js(CLOSE_ASSISTANT + ".forEach(b=>b.click())")
+        open_page(c, f"{ui}/#/experiments/{exp}/runs/{parent}/artifacts?workflowType=machine_learning")
         for name in ("rules", "report.html"):
             click_text(c, name)
             time.sleep(3)
