@@ -66,6 +66,10 @@ def run_cli(args: argparse.Namespace, tasks: list[str], overrides: list[str]) ->
         if res.export_paths:
             full, dec = res.export_paths
             print(f"specialised model: {full}\ndecoder only:      {dec}")
+        if res.model is not None:
+            uri = res.model.registered or res.model.model_uri
+            serve = f"MLFLOW_TRACKING_URI={res.tracking_uri} mlflow models serve -m {uri} --env-manager local"
+            print(f"MLflow model:      {uri}\n  serve it: {serve} --host 127.0.0.1")
         print(f"sweep: {res.sweep_dir.name}, parent run {res.parent_run_id}")
         outcomes.append((task, res))
     if len(outcomes) > 1:

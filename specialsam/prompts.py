@@ -45,6 +45,16 @@ def _box(x0: float, y0: float, x1: float, y1: float) -> Prompt:
     return Prompt(np.array([[x0, y0], [x1, y1]], np.float32), np.array([BOX_TL, BOX_BR], np.int64))
 
 
+def points_prompt(xy) -> Prompt:
+    """Foreground points ``[[x, y], ...]`` (original-image pixels) as SAM's prompt tokens."""
+    return _points(np.asarray(xy))
+
+
+def box_prompt(x0: float, y0: float, x1: float, y1: float) -> Prompt:
+    """A box (original-image pixels) as SAM's two corner tokens."""
+    return _box(x0, y0, x1, y1)
+
+
 def _snap_inside(mask: np.ndarray, x: float, y: float) -> tuple[float, float]:
     """The mask pixel nearest to (x, y); (x, y) itself when it is inside."""
     h, w = mask.shape

@@ -169,7 +169,10 @@ def running_trials(db) -> int:
 @pytest.fixture(scope="session")
 def smoke_sweep(ray_cluster, tmp_path_factory):
     """The shared smoke sweep (carpet stand-in, tiny-s), with trial faults injected:
-    one trial process killed once mid-training (retried) and one trial whose loss goes NaN."""
+    one trial process killed once mid-training (retried) and one trial whose loss goes NaN.
+    Its terminal output is captured (not a TTY: plain progress lines) as ``stdout``."""
+    import contextlib
+    import io
     import json
 
     d = tmp_path_factory.mktemp("smoke")
@@ -177,17 +180,20 @@ def smoke_sweep(ray_cluster, tmp_path_factory):
         "kill": {"match": {"n_train": 64, "seed": 1}, "at_step": 2, "marker_dir": str(d / "faults")},
         "nan": {"match": {"n_train": 32, "seed": 1}},
     }
-    rc = run_sweep_cli(
-        [
-            "--task",
-            "carpet",
-            "--smoke",
-            *sum((["--set", s] for s in SMOKE_SETS), []),
-            "--cache-dir",
-            str(d / "cache"),
-        ],
-        d,
-        env={"SPECIALSAM_TEST_FAULTS": json.dumps(faults)},
-    )
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = run_sweep_cli(
+            [
+                "--task",
+                "carpet",
+                "--smoke",
+                *sum((["--set", s] for s in SMOKE_SETS), []),
+                "--cache-dir",
+                str(d / "cache"),
+            ],
+            d,
+            env={"SPECIALSAM_TEST_FAULTS": json.dumps(faults)},
+        )
+    print(out.getvalue())  # shown with a failing test
     assert rc == 0
-    return {"dir": d, "uri": f"sqlite:///{d / 'mlflow.db'}", "faults": faults}
+    return {"dir": d, "uri": f"sqlite:///{d / 'mlflow.db'}", "faults": faults, "stdout": out.getvalue()}

@@ -211,6 +211,8 @@ def test_analyze_only_rebuilds_the_report_from_mlflow(runs, smoke_sweep):
     after = client.get_run(parent.info.run_id).data.tags
     for rule in ("baseline_rule", "data_rule"):
         assert after[f"specialsam.verdict.{rule}"] == parent.data.tags[f"specialsam.verdict.{rule}"]
+    gains = [h.value for h in client.get_metric_history(parent.info.run_id, "gain")]
+    assert len(gains) == 2 and gains[0] == gains[1]  # the parent's summary metrics, logged again
 
 
 def test_trial_record_holds_per_image_iou_aligned_with_baseline(runs):

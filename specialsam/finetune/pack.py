@@ -89,13 +89,16 @@ def frame_mask(mask: np.ndarray, res: int) -> tuple[np.ndarray, tuple[int, int]]
     return out, (nh, nw)
 
 
+def sample_fingerprint(s: Sample) -> bytes:
+    """What identifies a sample's content: its key, its image's hash and its mask (bits and shape)."""
+    mask = hashlib.sha256(np.packbits(s.mask).tobytes()).digest()
+    return s.key.encode() + s.image_hash().encode() + mask + str(s.mask.shape).encode()
+
+
 def _hash_samples(samples: Sequence[Sample]) -> str:
     h = hashlib.sha256()
     for s in samples:
-        h.update(s.key.encode())
-        h.update(s.image_hash().encode())
-        h.update(hashlib.sha256(np.packbits(s.mask).tobytes()).digest())
-        h.update(str(s.mask.shape).encode())
+        h.update(sample_fingerprint(s))
     return h.hexdigest()
 
 

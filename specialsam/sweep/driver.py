@@ -32,6 +32,7 @@ from specialsam.sweep.finish import (
     export_best,
     finish_report,
     logged_click_fields,
+    publish_model,
     trial_results,
 )
 from specialsam.sweep.outputs import (
@@ -120,6 +121,7 @@ class Sweep:
     parent: str = ""
     common: dict[str, str] = field(default_factory=dict)
     packs: dict[str, Pack] = field(default_factory=dict)
+    datasets: Any = None  # sweep.datasets.TaskDatasets, built on first use
 
     def save(self) -> None:
         save_state(self.folder, self.state)
@@ -206,6 +208,7 @@ def start_ray(sweep: Sweep) -> None:
     ray_runtime.init_ray(sweep.opts.address)
     ray_runtime.check_gpus(sweep.cfg.resources.gpus_per_trial)
     sweep.tracker = Tracker(sweep.uri, sweep.opts.experiment or experiment_name(sweep.cfg.task))
+    sweep.tracker.open_in_runs_view()
 
 
 def build_packs(sweep: Sweep) -> None:
@@ -254,6 +257,7 @@ def open_parent_run(sweep: Sweep, live: _Live) -> None:
             sweep.folder.name, names.parent_tags(sweep.common, str(sweep.folder), list(cfg.models))
         )
         tracker.log_params(sweep.parent, config_to_dict(cfg))
+        tracker.log_inputs(sweep.parent, task_datasets(sweep).inputs())
         sweep.state = {"parent_run_id": sweep.parent, "config": config_to_dict(cfg), "best": {}, "done": []}
         sweep.save()
         return
@@ -265,6 +269,15 @@ def open_parent_run(sweep: Sweep, live: _Live) -> None:
         f"{closed} interrupted run(s) marked KILLED",
         sweep.opts,
     )
+
+
+def task_datasets(sweep: Sweep):
+    """The task's splits as MLflow dataset inputs (fingerprints computed once per sweep)."""
+    from specialsam.sweep.datasets import TaskDatasets
+
+    if sweep.datasets is None:
+        sweep.datasets = TaskDatasets(sweep.cfg.task, sweep.task, sweep.cfg.data_root)
+    return sweep.datasets
 
 
 def score_baselines(sweep: Sweep) -> Baselines:
@@ -312,6 +325,7 @@ def _model_baselines(
             parent=sweep.parent,
         )
         tracker.log_params(run_id, names.baseline_params(model, strat))
+        tracker.log_inputs(run_id, task_datasets(sweep).inputs(splits=("test",)))
         primary = strat == cfg.eval.primary
         retention = scores.retention_miou if primary else None
         clicking = scores.interactive if primary else None
@@ -364,12 +378,14 @@ def run_phases(sweep: Sweep, baselines: Baselines) -> list:
         baselines.retention,
         cfg.eval.primary,
         base_extra=baselines.extra,
+        datasets=task_datasets(sweep),
     )
     common = {
         "log": log,
         "storage": sweep.folder,
         "resources": phases.trial_resources(cfg.resources.cpus_per_trial, cfg.resources.gpus_per_trial),
         "max_concurrent": cfg.resources.max_concurrent,
+        "progress": not sweep.opts.quiet,
     }
     trials = []
     for name in cfg.models:
@@ -451,6 +467,10 @@ def finish(sweep: Sweep, baselines: Baselines, trials: list) -> SweepOutcome:
         outcome.export_paths = export_best(
             sweep.tracker, sweep.parent, sweep.cfg, outcome.report, trials, sweep.models, sweep.opts
         )
+        if outcome.export_paths:
+            outcome.model = publish_model(
+                sweep.tracker, sweep.parent, sweep.cfg, outcome.report, outcome.export_paths[0]
+            )
     finally:
         cleanup_trials(trials)  # the trials' downloaded checkpoints (temp folders)
     sweep.tracker.finish(sweep.parent)

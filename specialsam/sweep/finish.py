@@ -7,6 +7,7 @@ plots (``report.markdown``) and logs them; ``analyze_only`` rebuilds the same fr
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from specialsam.config import SweepConfig
 from specialsam.errors import UserError, disk_full
 from specialsam.finetune.clicks import InteractiveScores
 from specialsam.finetune.records import RESULT_FILE, TrialRecord
+from specialsam.report.html import write_html
 from specialsam.report.markdown import write_report
 from specialsam.sweep import mlflow_runs as names
 from specialsam.sweep.outputs import RunOptions, check_tracking_db, export_root
@@ -42,6 +44,7 @@ class SweepOutcome:
     baselines: list[BaselineResult]
     tracking_uri: str
     data_kind: str = "real"
+    model: Any = None  # sweep.model_logging.LoggedModel: the specialised model in MLflow
 
 
 def click_fields(scores: InteractiveScores | None) -> dict[str, Any]:
@@ -137,13 +140,35 @@ def finish_report(
                 "data": data_kind,
             },
         )
-        for f in (rep.report_md, *rep.plots):
+        page = write_html(rep.report_md)  # MLflow's markdown preview drops images; its HTML one shows them
+        for f in (rep.report_md, page, *rep.plots):
             tracker.log_artifact(parent, f, "rules")
         summary = format_summary(rep.summary)
     tracker.set_tags(parent, rep.tags)
+    log_parent_summary(tracker, parent, rep, cfg.eval.primary)
     return SweepOutcome(
         parent, rep, Path(), rep.tags, summary, None, trials, baselines, tracker.uri, data_kind
     )
+
+
+def headline_cell(rep, primary: str):
+    """The recommended model's primary-prompt cell: the highest gain CI lower bound (None: no gains)."""
+    cells = [c for c in rep.baseline_report.cells if c.prompt == primary and c.gain is not None]
+    return max(cells, key=lambda c: c.gain.lo) if cells else None
+
+
+def log_parent_summary(tracker: Tracker, parent: str, rep, primary: str) -> None:
+    """The report's headline numbers as parent metrics, its selected configuration as params, so the
+    runs table compares sweeps (``--analyze-only`` logs them again: metrics update, params that a
+    changed analysis would alter are kept, with a warning, since MLflow params cannot change)."""
+    head = headline_cell(rep, primary)
+    tracker.log_metrics(parent, names.parent_metrics(rep, head))
+    selection = rep.baseline_report.selections.get(head.model) if head is not None else None
+    kept = tracker.log_new_params(parent, names.recommended_params(selection, primary))
+    if kept:
+        print(
+            f"warning: params already logged with other values were kept: {', '.join(kept)}", file=sys.stderr
+        )
 
 
 def export_best(
@@ -156,10 +181,9 @@ def export_best(
         if t.run_id:
             tracker.log_artifact(t.run_id, t.checkpoint_dir / names.DECODER_FILE)
             tracker.set_tags(t.run_id, {names.BEST_FOR_MODEL: "true"})
-    cells = [c for c in rep.baseline_report.cells if c.prompt == cfg.eval.primary and c.gain is not None]
-    if not cells:
+    best_cell = headline_cell(rep, cfg.eval.primary)
+    if best_cell is None:
         return None
-    best_cell = max(cells, key=lambda c: c.gain.lo)
     chosen = _recommended_trial(rep, best_cell.model, by_key) or best_per_model.get(best_cell.model)
     if chosen is None:
         return None
@@ -171,6 +195,14 @@ def export_best(
         tracker.log_artifact(parent, full, "export")
     tracker.set_tags(parent, {names.EXPORT_FULL: str(full), names.EXPORT_TRIAL: chosen.key})
     return full, dec
+
+
+def publish_model(tracker: Tracker, parent: str, cfg: SweepConfig, rep, full: Path):
+    """The exported checkpoint as the sweep's MLflow pyfunc model (registered where possible)."""
+    from specialsam.sweep.model_logging import log_specialised
+
+    head = headline_cell(rep, cfg.eval.primary)
+    return log_specialised(tracker, parent, cfg.task, head.model, full, cfg.eval.mask_selection)
 
 
 def _best_per_model(trials) -> dict[str, PhaseTrial]:

@@ -14,10 +14,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from specialsam.analysis.results import TAG_BASELINE_RULE, TAG_DATA_RULE
+from specialsam.analysis.results import EXCLUDED_PARAM_KEYS, TAG_BASELINE_RULE, TAG_DATA_RULE
 from specialsam.finetune.clicks import InteractiveScores
 from specialsam.finetune.evaluate import Scores
 from specialsam.finetune.records import RESULT_FILE, TrialRecord
+
+# ---------------------------------------------------------------------------------- experiment
+EXPERIMENT_KIND = "mlflow.experimentKind"
+"""The experiment tag MLflow 3's UI reads to choose its view (what its experiment-type selector
+writes); without it a new experiment opens in the GenAI view (traces), not the runs table."""
+KIND_MODEL_TRAINING = "custom_model_development"
+"""The UI's "Model training" view: the runs table, charts, datasets and logged models."""
 
 # --------------------------------------------------------------------------------------- tags
 ROLE = "specialsam.role"
@@ -43,6 +50,9 @@ NODE_ID = "specialsam.node_id"
 BEST_FOR_MODEL = "specialsam.best_for_model"
 EXPORT_FULL = "specialsam.export.full"
 EXPORT_TRIAL = "specialsam.export.trial"
+LOGGED_MODEL = "specialsam.model_uri"
+"""The parent's pointer to its specialised MLflow model: ``models:/specialsam-<task>@champion``
+where the store has a registry, else the logged model's ``models:/<model_id>``."""
 STUDY_TASKS = "specialsam.tasks"
 PROMPT_PROTOCOL = "specialsam.prompt_protocol"
 CLICK_PROTOCOL = "specialsam.click_protocol"
@@ -106,6 +116,34 @@ def survey_metrics(cells) -> dict[str, float]:
     return out
 
 
+# ------------------------------------------------------------------ the specialised MLflow model
+PYFUNC_MODEL = "specialised-model"
+"""``name=`` of the pyfunc logged on the parent run (``sweep.model_logging``)."""
+CHAMPION = "champion"
+"""The registry alias that follows the newest sweep's recommended model."""
+REGISTERED_MODEL_DESCRIPTION = (
+    "SAM with the mask decoder a SpecialSAM sweep recommended; input: image + point or box, output: mask"
+)
+
+
+def registered_model(task: str) -> str:
+    return f"specialsam-{task}"
+
+
+def champion_uri(task: str) -> str:
+    return f"models:/{registered_model(task)}@{CHAMPION}"
+
+
+# -------------------------------------------------------------------------- dataset inputs
+DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
+"""Split -> the ``mlflow.data.context`` tag of its dataset input."""
+
+
+def dataset_name(task: str, split: str, n: int | None = None) -> str:
+    """``carpet-train`` (the whole pool), ``carpet-train-n64`` (a trial's first 64 samples)."""
+    return f"{task}-{split}" if n is None else f"{task}-{split}-n{n}"
+
+
 def test_metric(name: str, strategy: str | None = None) -> str:
     """``test_<name>`` on a baseline run (one strategy), ``test_<name>.<strategy>`` on a trial run."""
     return f"test_{name}" if strategy is None else f"test_{name}.{strategy}"
@@ -145,6 +183,62 @@ def sweep_tags(
 
 def parent_tags(common: Mapping[str, str], sweep_dir: str, models: list[str]) -> dict:
     return {**common, ROLE: ROLE_SWEEP, SWEEP_DIR: sweep_dir, MODELS: ",".join(models)}
+
+
+SPECIALISED_MIOU = "specialised_miou"
+GAIN_CI_LO, GAIN_CI_HI = "gain_ci_lo", "gain_ci_hi"
+SMALLEST_BEATING_N = "smallest_beating_n"
+"""The smallest n_train whose specialised mIoU beats the baseline (gain CI above 0)."""
+RECOMMENDED_PREFIX = "recommended."
+"""Parent params: the configuration the rules selected for the headline model."""
+
+
+def parent_metrics(rep, headline) -> dict[str, float]:
+    """What the runs table compares across sweeps: per model and prompt ``<metric>.<model>.<prompt>``
+    (baseline, specialised, gain and its CI), per model ``retention_change.<model>`` and
+    ``smallest_beating_n.<model>``, and the same unsuffixed for ``headline`` (the recommended model's
+    primary-prompt cell), so sweeps of different tasks and models share columns.
+
+    ``rep`` is ``report.markdown.ReportFiles``; ``headline`` one of its baseline-rule cells or None."""
+    from specialsam.analysis.summaries import retention_summary
+
+    retention = {m: r.delta for m, r in retention_summary(rep.baseline_report.selections).items()}
+    smallest = {m: c.smallest_beating_n for m, c in rep.data_report.curves.items()}
+    out: dict[str, float] = {}
+    for c in rep.baseline_report.cells:
+        out.update({f"{k}.{c.model}.{c.prompt}": v for k, v in _cell_metrics(c).items()})
+    for m in {c.model for c in rep.baseline_report.cells}:
+        out.update(_model_metrics(m, retention.get(m), smallest.get(m), suffix=f".{m}"))
+    if headline is not None:
+        out.update(_cell_metrics(headline))
+        out.update(
+            _model_metrics(headline.model, retention.get(headline.model), smallest.get(headline.model))
+        )
+    return {k: float(v) for k, v in out.items() if v is not None}
+
+
+def _cell_metrics(cell) -> dict[str, float | None]:
+    gain = cell.gain
+    return {
+        BASELINE_MIOU: cell.baseline_miou,
+        SPECIALISED_MIOU: cell.specialised_miou,
+        GAIN: None if gain is None else gain.mean,
+        GAIN_CI_LO: None if gain is None else gain.lo,
+        GAIN_CI_HI: None if gain is None else gain.hi,
+    }
+
+
+def _model_metrics(model: str, retention: float | None, smallest: int | None, suffix: str = "") -> dict:
+    return {RETENTION_CHANGE + suffix: retention, SMALLEST_BEATING_N + suffix: smallest}
+
+
+def recommended_params(selection, prompt: str) -> dict[str, Any]:
+    """The headline model's selected configuration as ``recommended.*`` params."""
+    if selection is None:
+        return {}
+    searched = {k: v for k, v in selection.params.items() if k not in EXCLUDED_PARAM_KEYS}
+    fields = {"model": selection.model, "prompt": prompt, "n_train": selection.n_train, **searched}
+    return {RECOMMENDED_PREFIX + k: v for k, v in fields.items()}
 
 
 # ------------------------------------------------------------------------------ baseline runs

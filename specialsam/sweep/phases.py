@@ -24,6 +24,7 @@ from ray import tune
 from specialsam.finetune.records import TrialRecord
 from specialsam.finetune.train import SEARCHABLE
 from specialsam.sweep import mlflow_runs as names
+from specialsam.sweep.progress import progress_for
 from specialsam.sweep.ray_runtime import PhaseInterrupted, sigint_stops_tune
 from specialsam.sweep.tracking import Tracker
 from specialsam.sweep.trainable import AXES, SweepContext, trainable
@@ -57,6 +58,7 @@ class SweepLogging:
     primary: str
     run_ids: dict[str, str] = field(default_factory=dict)
     base_extra: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> extra set -> mIoU
+    datasets: Any = None  # sweep.datasets.TaskDatasets: each trial's data as MLflow dataset inputs
 
 
 class MlflowLogger(tune.Callback):
@@ -89,6 +91,8 @@ class MlflowLogger(tune.Callback):
             )
             params = {**self.ctx.best.get(cfg["model"], {}), **{k: cfg[k] for k in TRIAL_PARAMS if k in cfg}}
             self.log.tracker.log_params(run_id, params)
+            if self.log.datasets is not None:
+                self.log.tracker.log_inputs(run_id, self.log.datasets.inputs(int(cfg["n_train"])))
         self.log.run_ids[key] = run_id
         return run_id
 
@@ -192,14 +196,18 @@ def run_phase(
     asha: dict | None = None,
     max_concurrent: int | None = None,
     max_failures: int = 2,
+    progress: bool = False,
 ) -> list[PhaseTrial]:
     """Run (or resume) one Tune experiment and return its trials.
 
     ``param_space`` holds the searched values and the trials' axes only; ``ctx`` reaches every
-    trial through ``tune.with_parameters``. A searcher's first trial is ``start_point`` (if given)."""
+    trial through ``tune.with_parameters``. A searcher's first trial is ``start_point`` (if given);
+    ``progress`` shows the phase's progress in the terminal (``sweep.progress``)."""
     path = f"{str(storage).rstrip('/')}/{name}"
     trainable_r = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), resources)
-    callbacks = [MlflowLogger(log, ctx, name)]
+    callbacks: list = [MlflowLogger(log, ctx, name)]
+    if progress:
+        callbacks.append(progress_for(name, param_space, num_samples))
     restored = tune.Tuner.can_restore(path)
     if restored:
         tuner = tune.Tuner.restore(path, trainable_r, resume_errored=True, param_space=param_space)

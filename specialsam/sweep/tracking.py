@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from specialsam.errors import UserError
-from specialsam.sweep.mlflow_runs import PARENT, ROLE, ROLE_SWEEP, ROLE_TRIAL, TRIAL_ID
+from specialsam.sweep.mlflow_runs import (
+    EXPERIMENT_KIND,
+    KIND_MODEL_TRAINING,
+    PARENT,
+    ROLE,
+    ROLE_SWEEP,
+    ROLE_TRIAL,
+    TRIAL_ID,
+)
 
 MAX_PARAM_LEN = 500
 
@@ -139,7 +147,15 @@ class Tracker:
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
         else:
             self.experiment_id = exp.experiment_id
+        if exp is None:
+            self.open_in_runs_view()
         self.experiment = experiment
+
+    def open_in_runs_view(self) -> None:
+        """Make MLflow 3's UI open this experiment in its runs table ("Model training") rather than
+        its GenAI view; a kind the user chose in the UI stays."""
+        if EXPERIMENT_KIND not in self.client.get_experiment(self.experiment_id).tags:
+            self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, KIND_MODEL_TRAINING)
 
     @classmethod
     def for_run(cls, tracking_uri: str, run_id: str, label: str) -> tuple[Tracker, Any]:
@@ -186,6 +202,19 @@ class Tracker:
         ]
         for i in range(0, len(items), 500):
             self.client.log_batch(run_id, metrics=items[i : i + 500])
+
+    def log_new_params(self, run_id: str, params: dict[str, Any]) -> list[str]:
+        """Log the params not yet on the run (MLflow params are immutable, so a rebuilt summary can
+        only add); returns the keys already logged with another value, which stay as they were."""
+        have = self.client.get_run(run_id).data.params
+        flat = _flatten(params)
+        self.log_params(run_id, {k: v for k, v in flat.items() if k not in have})
+        return sorted(k for k, v in flat.items() if k in have and have[k] != v)
+
+    def log_inputs(self, run_id: str, inputs: list) -> None:
+        """Dataset inputs (``mlflow.entities.DatasetInput``, built by ``sweep.datasets``)."""
+        if inputs:
+            self.client.log_inputs(run_id, datasets=inputs)
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         for k, v in tags.items():
