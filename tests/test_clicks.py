@@ -22,13 +22,12 @@ from specialsam.finetune.clicks import (
     sample_error_clicks,
 )
 from specialsam.finetune.evaluate import score_split
-from specialsam.finetune.pack import Pack, PackSettings, _eval_prompts, build_pack, model_identity
+from specialsam.finetune.pack import Pack, PackSettings, _prompt_arrays, build_pack, model_identity
 from specialsam.finetune.train import TrainConfig, _make_batch, train_decoder
 from specialsam.models.batched import decode_batched
 from specialsam.models.tiny import build_tiny_sam
 from specialsam.prompts import EXTREME_JITTER_PX, extreme_points, make_prompt
 from specialsam.sweep import mlflow_runs as names
-from specialsam.tasks.base import Sample
 from tests.conftest import scene_task
 
 
@@ -89,14 +88,11 @@ def test_pack_stores_extreme_prompts_and_pads_rows(pack):
     coords, labels, ok = pack.split("test").prompts("extreme4")
     assert labels.shape[1] == 5 and ok.all() and (labels[:, :4] == 1).all()
     # rows are padded to the longest prompt with label -1 tokens (an empty mask: all padding)
-    empty = np.zeros((8, 8), bool)
-    full = np.ones((8, 8), bool)
-    samples = [
-        Sample("a", np.zeros((8, 8, 3), np.uint8), full),
-        Sample("b", np.zeros((8, 8, 3), np.uint8), empty),
-    ]
-    c, lab, ok = _eval_prompts(samples, "grid4", 8)
-    assert lab.shape == (2, 5) and list(ok) == [True, False] and (lab[1] == -1).all()
+    grid = make_prompt(np.ones((8, 8), bool), "grid4", np.random.default_rng(0))
+    point = make_prompt(np.ones((8, 8), bool), "center", np.random.default_rng(0))
+    c, lab, ok = _prompt_arrays([(grid.coords, grid.labels), (point.coords, point.labels), None])
+    assert lab.shape == (3, 5) and list(ok) == [True, True, False]
+    assert (lab[1, 1:] == -1).all() and (lab[2] == -1).all()  # padded rows, and an empty mask's
 
 
 # ------------------------------------------------------------------------------ click simulator
