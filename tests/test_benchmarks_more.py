@@ -196,8 +196,9 @@ def test_flop_ceiling_replays_every_flop_carrying_op_of_the_step(tmp_path):
 def test_clicks_cost_smoke(tmp_path):
     stdout, r = _run(tmp_path, "clicks_cost", "--models", "tiny-s")
     _machine(r)
-    assert "| model | trial s (off) | trial s (on) | trial ratio |" in stdout
+    assert "| model | trial s | scoring s (off) | scoring s (on) | per trial |" in stdout
     (res,) = r["results"]
     assert res["model"] == "tiny-s" and "corrective clicks" in res["protocol"]
-    assert all(_pos(v) for v in res["medians"].values()) and math.isfinite(res["sweep_growth"])
-    assert len(res["all"]["trial on"]) == r["pairs"] == 1
+    m = res["medians"]
+    assert all(_pos(m[k]) for k in ("trial", "trained score off", "trained score on", "base score on"))
+    assert math.isfinite(res["sweep_growth"]) and len(res["all"]["trial"]) == r["pairs"] == 1
