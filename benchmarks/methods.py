@@ -133,16 +133,52 @@ class Variant:
         return self.n
 
 
-def _plan_variants(models: list[str], blocks: int | None) -> list[tuple]:
-    out = []
-    for m in models:
-        big = m.startswith("vit")
-        L = blocks if blocks is not None else (2 if big else None)
-        out.append((m, "decoder", "cached", None))
-        for method in ("lora", "full"):
-            for feed in ("cached", "naive"):
-                out.append((m, method, feed, L))
-    return out
+def _variants(name: str, blocks: int | None) -> list[tuple[str, str, int | None]]:
+    """(method, feed, L) of one model: decoder, then lora and full, each cached and naive."""
+    L = blocks if blocks is not None else (2 if name.startswith("vit") else None)
+    return [("decoder", "cached", None)] + [(m, f, L) for m in ("lora", "full") for f in ("cached", "naive")]
+
+
+def _row(name: str, v: Variant, method: str, feed: str, L, rates: list[float]) -> dict:
+    return {
+        "model": name,
+        "method": method,
+        "feed": feed,
+        "blocks": "-" if method == "decoder" else "all" if L is None else L,
+        "batch": v.n,
+        "precision": v.dev.precision,
+        "samples_per_s": median(rates),
+        "repeats": rates,
+        "cache_bytes_per_image": v.cache_bytes,
+        "trainable_params": v.trainable,
+    }
+
+
+def _time_model(name: str, args, mode: str, base_dev: DeviceChoice, root: Path) -> list[dict]:
+    """All variants of one model, their timed repeats interleaved (repeat r of every variant, then
+    r + 1), so that load from other jobs hits them alike and the ratios stay comparable."""
+    big = name.startswith("vit")
+    warm, reps, secs = {"smoke": (1, 1, 0.0), "quick": (1, 2, 2.0), "full": (1, 5, 4.0)}[mode]
+    if big:
+        warm, reps, secs = (0 if mode == "smoke" else 1), (1 if mode == "smoke" else 3), 0.0
+    batch = args.batch or (1 if big else 2 if mode == "smoke" else 8)
+    dev = base_dev.for_decoder(256 if big else 64)
+    specs = _variants(name, args.blocks)
+    vs = [Variant(name, m, f, L, batch, max(2 * batch, 4), dev, root / f"{m}-{f}") for m, f, L in specs]
+    rates: list[list[float]] = [[] for _ in vs]
+    for v in vs:
+        time_repeats(v.step, dev.device, warm, 0, 0.0)
+    for _ in range(reps):
+        for v, r in zip(vs, rates):
+            r += time_repeats(v.step, dev.device, 0, 1, secs)
+    rows = [_row(name, v, m, f, L, r) for v, (m, f, L), r in zip(vs, specs, rates)]
+    for row, r in zip(rows, rates):
+        naive = [rates[i] for i, x in enumerate(rows) if (x["method"], x["feed"]) == (row["method"], "naive")]
+        row["cached_vs_naive"] = (
+            median([a / b for a, b in zip(r, naive[0])]) if naive and row["feed"] == "cached" else None
+        )
+        print(f"  {name} {row['method']} {row['feed']}: {row['samples_per_s']:.2f} samples/s", flush=True)
+    return rows
 
 
 def _cells(r: dict) -> list[str]:
@@ -161,45 +197,12 @@ def run(args) -> dict:
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     models = args.models.split(",") if args.models else DEFAULT_MODELS[mode]
     base_dev: DeviceChoice = select_device(args.device, args.precision)
-    rows = []
     info = machine_info(base_dev.device)
     print(f"# methods benchmark ({mode}); {info}", flush=True)
-    warm, reps, secs = {"smoke": (1, 1, 0.0), "quick": (1, 2, 2.0), "full": (2, 3, 5.0)}[mode]
-    for name, method, feed, L in _plan_variants(models, args.blocks):
-        big = name.startswith("vit")
-        batch = args.batch or (1 if big else 2 if mode == "smoke" else 8)
+    rows = []
+    for name in models:
         with tempfile.TemporaryDirectory() as root:
-            dev = base_dev.for_decoder(256 if big else 64)
-            v = Variant(name, method, feed, L, batch, max(2 * batch, 4), dev, Path(root))
-            r = time_repeats(
-                v.step,
-                dev.device,
-                0 if big and mode != "full" else warm,
-                1 if big else reps,
-                0.0 if big else secs,
-            )
-            rows.append(
-                {
-                    "model": name,
-                    "method": method,
-                    "feed": feed,
-                    "blocks": "-" if method == "decoder" else "all" if L is None else L,
-                    "batch": batch,
-                    "precision": dev.precision,
-                    "samples_per_s": median(r),
-                    "repeats": r,
-                    "cache_bytes_per_image": v.cache_bytes,
-                    "trainable_params": v.trainable,
-                }
-            )
-            print(f"  {name} {method} {feed}: {median(r):.2f} samples/s", flush=True)
-    for r in rows:
-        naive = [
-            x for x in rows if (x["model"], x["method"], x["feed"]) == (r["model"], r["method"], "naive")
-        ]
-        r["cached_vs_naive"] = (
-            r["samples_per_s"] / naive[0]["samples_per_s"] if naive and r["feed"] == "cached" else None
-        )
+            rows += _time_model(name, args, mode, base_dev, Path(root))
     header = [
         "model",
         "method",

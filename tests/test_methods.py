@@ -426,3 +426,35 @@ def test_a_v_adapter_changes_exactly_the_values_the_attention_reads_as_v(name, v
     assert v.abs().min() > 0 and torch.equal(qk, torch.zeros_like(qk))
     merge_lora(sam)
     sam.load_state_dict(state)
+
+
+def test_methods_benchmark_smoke(tmp_path):
+    """The benchmark runs and reports every variant (speed itself is never asserted: shared CI)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "methods.py"
+    out = tmp_path / "m.json"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    got = {(r["method"], r["feed"]) for r in rows}
+    assert got == {
+        ("decoder", "cached"),
+        ("lora", "cached"),
+        ("lora", "naive"),
+        ("full", "cached"),
+        ("full", "naive"),
+    }
+    assert all(r["samples_per_s"] > 0 and r["cache_bytes_per_image"] > 0 for r in rows)
+    by = {(r["method"], r["feed"]): r for r in rows}
+    assert by[("lora", "cached")]["cache_bytes_per_image"] == 128 * 16 * 16 * 2  # tiny-s: stage3's input
+    assert by[("lora", "cached")]["trainable_params"] < by[("full", "cached")]["trainable_params"]
+    assert by[("lora", "cached")]["cached_vs_naive"] > 0 and "| cached / naive |" in proc.stdout

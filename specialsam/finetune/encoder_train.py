@@ -213,6 +213,21 @@ def _start(sam: Sam, plan: MethodPlan, pack: Pack, cfg: TrainConfig, dev: Device
     )
 
 
+def _epoch(loop: _Loop, train, indices, rng: np.random.Generator, epoch: int, fault_hook) -> list[float]:
+    """One pass over the training indices in a fresh order (as ``train._train_epoch``)."""
+    order, losses, n = rng.permutation(indices), [], loop.cfg.batch_size
+    for b in range(0, len(order), n):
+        if loop.step >= loop.total:
+            break
+        batch = _make_batch(train, [int(i) for i in order[b : b + n]], rng, loop.cfg, loop.side, loop.res)
+        if batch is None:
+            continue
+        losses.append(_step(loop, batch, epoch))
+        if fault_hook is not None:
+            fault_hook(loop.step)
+    return losses
+
+
 def train_with_method(
     sam: Sam,
     plan: MethodPlan,
@@ -244,18 +259,7 @@ def train_with_method(
         for epoch in range(cfg.epochs):
             if loop.step >= loop.total:
                 break
-            losses = []
-            for b in range(0, len(order := rng.permutation(indices)), cfg.batch_size):
-                if loop.step >= loop.total:
-                    break
-                batch = _make_batch(
-                    train, [int(i) for i in order[b : b + cfg.batch_size]], rng, cfg, loop.side, loop.res
-                )  # type: ignore[arg-type]
-                if batch is None:
-                    continue
-                losses.append(_step(loop, batch, epoch))
-                if fault_hook is not None:
-                    fault_hook(loop.step)
+            losses = _epoch(loop, train, indices, rng, epoch, fault_hook)
             val_miou = _validate(sam, plan, val, source, primary, dev)
             if not math.isfinite(val_miou):
                 raise TrainingFailed(f"validation mIoU became {val_miou} at epoch {epoch}")
@@ -312,10 +316,12 @@ def specialise_with_method(
     dev: DeviceChoice,
     on_epoch: Callable[[int, dict[str, float]], bool | None] | None = None,
     fault_hook: Callable[[int], None] | None = None,
+    keep: Path | None = None,
 ):
     """``pipeline.specialise`` for lora / full: train, embed the evaluation splits with the kept
     encoder, score the decoder on them. Returns ``pipeline.Specialised`` (its ``train`` a
-    :class:`MethodTrainResult`)."""
+    :class:`MethodTrainResult`). ``keep``: a folder for the tuned embeddings, left for the caller
+    (``Pack(pack.folder, EmbeddingCache(keep))`` draws overlays from them); default a temp folder."""
     import tempfile
 
     from specialsam.finetune.pipeline import Specialised, score_decoder
@@ -323,5 +329,6 @@ def specialise_with_method(
     t0 = time.time()
     result = train_with_method(sam, plan, pack, source, cfg, dev, on_epoch=on_epoch, fault_hook=fault_hook)
     with tempfile.TemporaryDirectory(prefix="specialsam-tuned-") as d:
-        scores = score_decoder(sam, tuned_pack(pack, plan, source, dev, Path(d)), scoring, dev)
+        tuned = tuned_pack(pack, plan, source, dev, Path(keep or d))
+        scores = score_decoder(sam, tuned, scoring, dev)
     return Specialised(result, scores, time.time() - t0)

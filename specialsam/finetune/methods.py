@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from segment_anything.modeling import Sam
 from torch import nn
+from torch.nn.utils import parametrize
 
 from specialsam.errors import UserError
 from specialsam.models import lora
@@ -149,8 +150,10 @@ class MethodPlan:
         return run_steps(self.steps, x, 0, self.start)
 
     def tail(self, x: torch.Tensor) -> torch.Tensor:
-        """The tuned part: activations -> image embeddings."""
-        return run_steps(self.steps, x, self.start)
+        """The tuned part: activations -> image embeddings (each LoRA-adapted weight computed once
+        per call, however often its module reads it: ``nn.MultiheadAttention`` reads it repeatedly)."""
+        with parametrize.cached():
+            return run_steps(self.steps, x, self.start)
 
 
 def prepare_method(sam: Sam, model: str, s: MethodSettings) -> MethodPlan:
