@@ -132,7 +132,10 @@ def run(args) -> dict:
         "trial s",
     ]
     print(markdown_table(header, rows))
-    return {"machine": machine_info(dev.device), "settings": vars(args), "rows": out}
+    settings = {
+        k: v if isinstance(v, (int, float, str)) or v is None else str(v) for k, v in vars(args).items()
+    }
+    return {"machine": machine_info(dev.device), "settings": settings, "rows": out}
 
 
 def main(argv: list[str] | None = None) -> int:
