@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/methods.py --quick         # tiny-s, tiny-m, short repeats
     .venv/bin/python benchmarks/methods.py --models tiny-s,tiny-m,vit_t,vit_b --json methods.json
 
+(vit_b keeps five vit_b models and their steps alive to interleave them: > 10 GB of RAM.)
+
 Variants, per model (random-init weights: speed does not depend on the weights), each one optimizer
 step on a batch of B different images (one point prompt each, 256-px loss), AdamW over what the
 method trains, gradient clipping, as ``finetune/train.py`` / ``finetune/encoder_train.py`` do:
