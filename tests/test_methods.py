@@ -458,3 +458,13 @@ def test_methods_benchmark_smoke(tmp_path):
     assert by[("lora", "cached")]["cache_bytes_per_image"] == 128 * 16 * 16 * 2  # tiny-s: stage3's input
     assert by[("lora", "cached")]["trainable_params"] < by[("full", "cached")]["trainable_params"]
     assert by[("lora", "cached")]["cached_vs_naive"] > 0 and "| cached / naive |" in proc.stdout
+
+
+def test_plan_feed_needs_no_weights():
+    from specialsam.finetune.activations import plan_feed
+
+    tiny = plan_feed("tiny-m", MethodSettings("lora", blocks=1), 1000)
+    assert tiny.mode == "cache" and tiny.bytes_per_image == 256 * 192 * 2  # 16x16 tokens x 192
+    assert plan_feed("vit_h", MethodSettings("full", blocks=32), 8389).mode == "frozen"
+    with pytest.raises(UserError):
+        plan_feed("vit_b", MethodSettings("lora", rank=0), 10)

@@ -26,7 +26,7 @@ import torch
 from segment_anything.modeling import Sam
 
 from specialsam.finetune.cache import EmbeddingCache, ModelIdentity
-from specialsam.finetune.methods import MethodPlan
+from specialsam.finetune.methods import MethodPlan, MethodSettings, prepare_method, validate_method
 from specialsam.models.inference import preprocess
 
 ACTIVATION_VERSION = "act/v1"
@@ -156,3 +156,21 @@ class FrozenHead:
     def __call__(self, emb_keys: Sequence[str]) -> torch.Tensor:
         acts = head_activations(self.sam, self.plan, [self.image_of(k) for k in emb_keys], self.precision)
         return acts.cpu()
+
+
+def plan_feed(model: str, s: MethodSettings, n_images: int, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> Feed:
+    """``choose_feed`` for ``--plan``, without weights: SAM ViTs built on the meta device (no
+    memory), the tiny models and vit_t randomly initialised (small). ``s`` is validated first."""
+    from specialsam.models.registry import get_spec, random_model
+
+    validate_method(model, s)
+    spec = get_spec(model)
+    if spec.family == "sam":
+        from segment_anything import sam_model_registry
+
+        with torch.device("meta"):
+            sam = sam_model_registry[model](checkpoint=None)
+    else:
+        sam = random_model(model)
+    plan = prepare_method(sam, model, MethodSettings("full", blocks=s.blocks))  # same start as lora
+    return choose_feed(plan, spec.image_size, n_images, budget_bytes)
