@@ -1,0 +1,334 @@
+"""Fine-tune with the encoder's tail: methods ``lora`` and ``full`` (``train.py`` keeps ``decoder``).
+
+A step reads the batch's cached activations (or has the frozen head compute them, see
+``finetune/activations.py``), runs the tuned tail to embeddings, and from there does exactly what
+decoder-only training does: the same batches and prompt draws (``train._make_batch``), the same
+decoder pass and loss (``batch_logits``, ``segmentation_loss``, ``click_rounds_loss``), the same
+warmup + cosine schedule, validation mIoU, early stopping and health flags. The decoder's losses
+are backpropagated into a detached copy of the embeddings first and from there through the tail,
+so corrective-click rounds (separate decoder graphs over one embedding) and micro-batches both
+reach the encoder with the gradient of the batch mean. The encoder stays in eval mode: BatchNorm
+statistics stay frozen (TinyViT's attention biases stay trainable, ``tail_train_mode``).
+
+After training, the kept (best-validation) weights embed every evaluation split once into a
+trial-local cache under the pack's own embedding keys, so ``pipeline.score_decoder`` scores the
+tuned model unchanged (:func:`tuned_pack`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from segment_anything.modeling import Sam
+
+from specialsam.device import DeviceChoice, select_device
+from specialsam.finetune.cache import EmbeddingCache
+from specialsam.finetune.click_training import click_rounds_loss
+from specialsam.finetune.losses import segmentation_loss
+from specialsam.finetune.methods import MethodPlan, load_tuned_state, tuned_state
+from specialsam.finetune.pack import Pack, Split
+from specialsam.finetune.train import (
+    TrainConfig,
+    TrainingFailed,
+    TrainResult,
+    _Batch,
+    _health,
+    _lr_factor,
+    _make_batch,
+    batch_logits,
+    check_validation,
+    decoder_optimizer,
+    micro_batch_size,
+    unchanged,
+    validation_miou,
+)
+from specialsam.models.encoder_steps import tail_train_mode
+from specialsam.models.headless import decoder_state
+
+ActivationSource = Callable[[Sequence[str]], torch.Tensor]
+"""Embedding keys of a split's samples -> their activations entering the tail (float32, CPU)."""
+TAIL_CHUNK = 8
+"""Images per no-grad tail pass when embedding evaluation splits."""
+
+
+@dataclass
+class MethodTrainResult(TrainResult):
+    """``TrainResult`` plus the kept weights of everything the method trained (by parameter name)."""
+
+    tuned: dict[str, torch.Tensor] = field(default_factory=dict)
+    method: str = ""
+
+
+def _chunk_loss(sam: Sam, emb: torch.Tensor, b: _Batch, sl: slice, cfg: TrainConfig, dev, res: int, n: int):
+    """Decoder forward + backward of one chunk from its embeddings (as ``accumulate_gradients``)."""
+    d = dev.device
+    if b.clicks is not None and b.clicks.rounds:
+        return click_rounds_loss(
+            sam, emb, b.coords[sl].to(d), b.labels[sl].to(d), b.target[sl].to(d), b.valid[sl].to(d),
+            b.clicks.slice(sl, d), cfg, dev, res, n,
+        )  # fmt: skip
+    with dev.autocast():
+        logits = batch_logits(sam, emb, b.coords[sl].to(d), b.labels[sl].to(d), res)
+    loss = segmentation_loss(logits.float(), b.target[sl].to(d), b.valid[sl].to(d), cfg).sum() / n
+    loss.backward()
+    return loss.detach()
+
+
+def encoder_step_gradients(
+    sam: Sam,
+    plan: MethodPlan,
+    acts: torch.Tensor,
+    batch: _Batch,
+    cfg: TrainConfig,
+    dev: DeviceChoice,
+    res: int,
+    micro: int = 0,
+) -> torch.Tensor:
+    """Forward + backward of one batch, activations -> tail -> decoder -> loss; returns the mean
+    loss. Gradients are the batch mean's, whatever ``micro`` (images per chunk, 0: all)."""
+    n, d = acts.shape[0], dev.device
+    total = torch.zeros((), device=d)
+    for s in range(0, n, micro or n):
+        sl = slice(s, s + (micro or n))
+        with dev.autocast():
+            emb = plan.tail(acts[sl].to(d))
+        leaf = emb.detach().float().requires_grad_(True)
+        total += _chunk_loss(sam, leaf, batch, sl, cfg, dev, res, n)
+        if leaf.grad is not None:
+            emb.backward(leaf.grad.to(emb.dtype))
+    return total
+
+
+class _ActivationSplit:
+    """A pack split whose ``embeddings(idx)`` are the tail's *inputs* (what ``_make_batch`` loads)."""
+
+    def __init__(self, split: Split, source: ActivationSource) -> None:
+        self._split, self._source = split, source
+
+    def __getattr__(self, name: str):
+        return getattr(self._split, name)
+
+    def __len__(self) -> int:
+        return len(self._split)
+
+    def embeddings(self, idx: Sequence[int]) -> np.ndarray:
+        return self._source([self._split.emb_keys[i] for i in idx]).numpy()
+
+
+@torch.no_grad()
+def tuned_embeddings(
+    plan: MethodPlan,
+    source: ActivationSource,
+    emb_keys: Sequence[str],
+    dev: DeviceChoice,
+    chunk: int = TAIL_CHUNK,
+) -> np.ndarray:
+    """Embeddings of the tuned encoder (float16-rounded like cached ones, returned as float32)."""
+    out = []
+    for s in range(0, len(emb_keys), chunk):
+        with dev.autocast():
+            e = plan.tail(source(emb_keys[s : s + chunk]).to(dev.device))
+        out.append(e.float().half().float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+class _TunedSplit(_ActivationSplit):
+    """A pack split whose embeddings come from the encoder as it is now (validation per epoch)."""
+
+    def __init__(self, split: Split, source: ActivationSource, plan: MethodPlan, dev: DeviceChoice) -> None:
+        super().__init__(split, source)
+        self._plan, self._dev = plan, dev
+
+    def embeddings(self, idx: Sequence[int]) -> np.ndarray:
+        return tuned_embeddings(self._plan, self._source, [self._split.emb_keys[i] for i in idx], self._dev)
+
+
+def _validate(sam: Sam, plan: MethodPlan, val: Split, source: ActivationSource, primary: str, dev) -> float:
+    tail_train_mode(sam.image_encoder, False)  # eval; TinyViT's attention bias copy refreshed
+    try:
+        return validation_miou(sam, _TunedSplit(val, source, plan, dev), primary, dev)  # type: ignore[arg-type]
+    finally:
+        tail_train_mode(sam.image_encoder, True)
+
+
+@dataclass
+class _Loop:
+    sam: Sam
+    plan: MethodPlan
+    cfg: TrainConfig
+    dev: DeviceChoice
+    opt: torch.optim.Optimizer
+    total: int
+    warmup: int
+    micro: int
+    side: int
+    res: int
+    step: int = 0
+    seen: int = 0
+    step_losses: list[float] = field(default_factory=list)
+
+
+def _step(loop: _Loop, batch: _Batch, epoch: int) -> float:
+    cfg = loop.cfg
+    for g in loop.opt.param_groups:
+        g["lr"] = cfg.lr * _lr_factor(loop.step, loop.total, loop.warmup)
+    loop.opt.zero_grad(set_to_none=True)
+    loss = encoder_step_gradients(loop.sam, loop.plan, batch.emb, batch, cfg, loop.dev, loop.res, loop.micro)
+    if not torch.isfinite(loss):
+        raise TrainingFailed(
+            f"loss became {float(loss)} at step {loop.step} (epoch {epoch}); lr {cfg.lr:g} is likely too high"
+        )
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(loop.plan.params, cfg.grad_clip)
+    loop.opt.step()
+    loop.step += 1
+    loop.seen += len(batch.idx)
+    loop.step_losses.append(float(loss))
+    return loop.step_losses[-1]
+
+
+def _start(sam: Sam, plan: MethodPlan, pack: Pack, cfg: TrainConfig, dev: DeviceChoice, n: int) -> _Loop:
+    total = math.ceil(n / cfg.batch_size) * cfg.epochs
+    total = min(total, cfg.max_steps) if cfg.max_steps else total
+    micro = micro_batch_size(cfg.micro_batch, sam.prompt_encoder.image_embedding_size[0], dev)
+    opt = decoder_optimizer(plan.params, cfg, dev.device)
+    return _Loop(
+        sam,
+        plan,
+        cfg,
+        dev,
+        opt,
+        total,
+        max(1, int(cfg.warmup_fraction * total)),
+        micro,
+        pack.side,
+        pack.loss_res,
+    )
+
+
+def _epoch(loop: _Loop, train, indices, rng: np.random.Generator, epoch: int, fault_hook) -> list[float]:
+    """One pass over the training indices in a fresh order (as ``train._train_epoch``)."""
+    order, losses, n = rng.permutation(indices), [], loop.cfg.batch_size
+    for b in range(0, len(order), n):
+        if loop.step >= loop.total:
+            break
+        batch = _make_batch(train, [int(i) for i in order[b : b + n]], rng, loop.cfg, loop.side, loop.res)
+        if batch is None:
+            continue
+        losses.append(_step(loop, batch, epoch))
+        if fault_hook is not None:
+            fault_hook(loop.step)
+    return losses
+
+
+def train_with_method(
+    sam: Sam,
+    plan: MethodPlan,
+    pack: Pack,
+    source: ActivationSource,
+    cfg: TrainConfig,
+    dev: DeviceChoice | None = None,
+    on_epoch: Callable[[int, dict[str, float]], bool | None] | None = None,
+    fault_hook: Callable[[int], None] | None = None,
+) -> MethodTrainResult:
+    """Train what ``plan`` names in place (then restore the best epoch's weights), as
+    ``train.train_decoder`` does for the decoder: same budget, schedule, early stop and callbacks."""
+    cfg.validate()
+    dev = (dev or select_device()).for_decoder(sam.mask_decoder.transformer_dim)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    sam.to(dev.device).eval()
+    train, val = _ActivationSplit(pack.split("train"), source), pack.split("val")
+    indices = pack.train_indices(cfg.n_train)
+    primary = pack.manifest["primary"]
+    check_validation(val, primary)
+    loop = _start(sam, plan, pack, cfg, dev, len(indices))
+    tail_train_mode(sam.image_encoder, True)
+    start_state = tuned_state(sam, plan)
+    best_state, best_val, best_epoch, since_best = start_state, -1.0, -1, 0
+    history: list[dict[str, float]] = []
+    t0, stopped_early = time.time(), False
+    try:
+        for epoch in range(cfg.epochs):
+            if loop.step >= loop.total:
+                break
+            losses = _epoch(loop, train, indices, rng, epoch, fault_hook)
+            val_miou = _validate(sam, plan, val, source, primary, dev)
+            if not math.isfinite(val_miou):
+                raise TrainingFailed(f"validation mIoU became {val_miou} at epoch {epoch}")
+            m = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                 "val_miou": val_miou, "steps": loop.step, "seconds": time.time() - t0}  # fmt: skip
+            history.append(m)
+            if val_miou > best_val:
+                best_val, best_epoch, since_best, best_state = val_miou, epoch, 0, tuned_state(sam, plan)
+            else:
+                since_best += 1
+            if (on_epoch is not None and on_epoch(epoch, m)) or (cfg.patience and since_best >= cfg.patience):
+                stopped_early = True
+                break
+    finally:
+        tail_train_mode(sam.image_encoder, False)
+    load_tuned_state(sam, best_state)
+    tail_train_mode(sam.image_encoder, False)  # TinyViT: attention-bias copies from the kept weights
+    for p in sam.parameters():
+        p.requires_grad_(False)
+    health = _health(history, loop.step_losses)
+    if unchanged(start_state, best_state):
+        health.append("unchanged")
+    return MethodTrainResult(
+        decoder_state=decoder_state(sam), history=history, best_epoch=best_epoch, best_val_miou=best_val,
+        steps=loop.step, seconds=time.time() - t0, health=health, stopped_early=stopped_early,
+        samples_seen=loop.seen, tuned=copy.copy(best_state), method=plan.settings.method,
+    )  # fmt: skip
+
+
+def tuned_pack(
+    pack: Pack, plan: MethodPlan, source: ActivationSource, dev: DeviceChoice, folder: Path
+) -> Pack:
+    """The pack again, its evaluation splits' embeddings recomputed by the tuned encoder into a
+    trial-local cache in ``folder`` (same keys), so ``score_decoder`` scores the tuned model as is."""
+    cache = EmbeddingCache(folder)
+    for name in pack.manifest["splits"]:
+        if name == "train":
+            continue
+        keys = list(dict.fromkeys(pack.split(name).emb_keys))
+        for s in range(0, len(keys), TAIL_CHUNK):
+            part = keys[s : s + TAIL_CHUNK]
+            for k, e in zip(part, tuned_embeddings(plan, source, part, dev)):
+                cache.put(k, e, {"tuned": plan.settings.method})
+    return Pack(pack.folder, cache)
+
+
+def specialise_with_method(
+    sam: Sam,
+    plan: MethodPlan,
+    pack: Pack,
+    source: ActivationSource,
+    cfg: TrainConfig,
+    scoring,
+    dev: DeviceChoice,
+    on_epoch: Callable[[int, dict[str, float]], bool | None] | None = None,
+    fault_hook: Callable[[int], None] | None = None,
+    keep: Path | None = None,
+):
+    """``pipeline.specialise`` for lora / full: train, embed the evaluation splits with the kept
+    encoder, score the decoder on them. Returns ``pipeline.Specialised`` (its ``train`` a
+    :class:`MethodTrainResult`). ``keep``: a folder for the tuned embeddings, left for the caller
+    (``Pack(pack.folder, EmbeddingCache(keep))`` draws overlays from them); default a temp folder."""
+    import tempfile
+
+    from specialsam.finetune.pipeline import Specialised, score_decoder
+
+    t0 = time.time()
+    result = train_with_method(sam, plan, pack, source, cfg, dev, on_epoch=on_epoch, fault_hook=fault_hook)
+    with tempfile.TemporaryDirectory(prefix="specialsam-tuned-") as d:
+        tuned = tuned_pack(pack, plan, source, dev, Path(keep or d))
+        scores = score_decoder(sam, tuned, scoring, dev)
+    return Specialised(result, scores, time.time() - t0)
