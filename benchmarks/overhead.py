@@ -256,7 +256,9 @@ def open_harness(cfg: SweepConfig, root: Path, threads: int, ray: bool = True) -
         # A fresh local Ray: without RAY_ADDRESS, ray.init() attaches to any Ray instance already
         # running on this machine (`ray start`, another test session) and init_ray's num_cpus fails.
         os.environ.setdefault("RAY_ADDRESS", "local")
-        sweep.init_ray(None)
+        from specialsam.sweep.ray_runtime import init_ray
+
+        init_ray(None)
     return Harness(cfg, root, packs, log, threads, prepare_s, cache.encoder_calls)
 
 
