@@ -161,8 +161,8 @@ class TuneSpread:
 def tune_spread(trials: Sequence[TrialResult]) -> list[TuneSpread]:
     """Per model, best / median / worst validation mIoU of its phase-A (``tune``) trials.
 
-    Early-stopped trials count with the validation mIoU they reported; a wide spread with the
-    default near the top says tuning mattered little, a default near the bottom says it mattered."""
+    Only trials that ran to their end have results (ASHA-stopped ones leave no record); a default
+    near the top says tuning mattered little, a default near the bottom says it mattered."""
     out = []
     for m in sorted({t.model for t in trials if t.phase == "tune"}):
         mine = [t for t in trials if t.model == m and t.phase == "tune" and np.isfinite(t.val_miou)]

@@ -161,8 +161,10 @@ def _tune_section(spread: Sequence[TuneSpread]) -> list[str]:
     return [
         "## Phase A: did tuning matter?",
         "",
-        "Validation mIoU of each model's phase-A trials (early-stopped trials with the value they "
-        "reported). A default close to the best says tuning bought little.",
+        "Best validation mIoU of each model's phase-A trials that ran to their end (a trial ASHA "
+        "stopped early leaves no record and is not counted: when only the default is listed, ASHA "
+        "stopped every other configuration as weaker). A default close to the best says tuning "
+        "bought little.",
         "",
         "| model | trials | best | median | worst | default configuration |",
         "|---|---|---|---|---|---|",
