@@ -24,7 +24,7 @@ TAG_DATA_RULE = "specialsam.verdict.data_rule"
 TAG_BASELINE_RULE_CLICKS = TAG_BASELINE_RULE + ".clicks"
 """+ the click budget k: the baseline rule judged after k interactions (``analysis.clicks_rule``)."""
 
-EXCLUDED_PARAM_KEYS = frozenset({"seed", "n_train", "model", "phase", "trial_id"})
+EXCLUDED_PARAM_KEYS = frozenset({"seed", "n_train", "model", "phase", "trial_id", "method"})
 """Keys ignored when grouping trials into configurations (they are the trial's own axes)."""
 
 
@@ -82,6 +82,11 @@ class TrialResult:
     clicks_iou: dict[int, np.ndarray] = field(default_factory=dict)  # as BaselineResult's (primary prompt)
     noc: dict[float, np.ndarray] = field(default_factory=dict)
     max_clicks: int = 0
+    trial_seconds: float | None = None
+    """Training + scoring wall time (the method table's cost column)."""
+    trainable_params: int | None = None
+    cache_bytes: int | None = None
+    """Cache bytes per image the trial read (embeddings for decoder, activations for lora/full)."""
 
     def __post_init__(self) -> None:
         self.n_train = int(self.n_train)

@@ -22,6 +22,7 @@ from segment_anything.modeling import Sam
 from torch import nn
 from torch.nn.utils import parametrize
 
+from specialsam.arms import METHODS
 from specialsam.errors import UserError
 from specialsam.models import lora
 from specialsam.models.encoder_steps import (
@@ -32,7 +33,6 @@ from specialsam.models.encoder_steps import (
     tail_start,
 )
 
-METHODS = ("decoder", "lora", "full")
 DEFAULT_TARGETS = ("q", "v")
 """SAMed's choice: rank-4 adapters on the query and value projections."""
 

@@ -67,6 +67,12 @@ class TrialRecord:
     extra_miou: dict[str, float] = field(default_factory=dict)
     node_id: str = ""
     interactive: dict[str, Any] | None = None  # InteractiveScores.to_dict() (primary strategy)
+    method: dict[str, Any] | None = None
+    """The fine-tuning method's settings (``methods.settings_record``); None: decoder-only (older records)."""
+    trainable_params: int | None = None
+    cache_bytes_per_image: int | None = None
+    """Bytes per image of what the trial read instead of images: cached embeddings (decoder) or
+    activations entering the first tuned block (lora, full; 0 when the frozen head ran in the trial)."""
 
     @property
     def model(self) -> str:
