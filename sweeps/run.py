@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept checkpoints whose hash cannot be verified (MedSAM, in-house fine-tunes)",
     )
     ap.add_argument("--models", help="comma list, e.g. tiny-s,tiny-m or vit_t,vit_b,vit_l,vit_h")
+    ap.add_argument(
+        "--methods", help="how to fine-tune each model: comma list of decoder, lora, full (default: decoder)"
+    )
     ap.add_argument("--num-samples", type=int, help="phase A trials per model (search.num_samples)")
     ap.add_argument("--cpus-per-trial", type=float)
     ap.add_argument(
@@ -90,6 +93,8 @@ def overrides(args: argparse.Namespace) -> list[str]:
         out.append(f"data_root={args.data_root}")
     if args.models:
         out.append(f"models=[{args.models}]")
+    if args.methods:
+        out.append(f"methods=[{args.methods}]")
     if args.num_samples is not None:
         out.append(f"search.num_samples={args.num_samples}")
     if args.cpus_per_trial is not None:

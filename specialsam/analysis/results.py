@@ -9,6 +9,7 @@ are one of ``VERDICTS``; the two overall verdicts travel to MLflow under ``TAG_B
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zlib
 from collections.abc import Mapping, Sequence
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from specialsam.arms import arm_model
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
 VERDICTS: tuple[str, ...] = (SUPPORTED, CONTRADICTED, INCONCLUSIVE)
@@ -103,6 +106,16 @@ class TrialResult:
     def test_miou(self, prompt: str) -> float | None:
         arr = self.per_image_iou.get(prompt)
         return None if arr is None else float(arr.mean())
+
+
+def per_arm(baselines: Sequence[BaselineResult], arms: Sequence[str]) -> list[BaselineResult]:
+    """Each model's baselines once per arm of it (``specialsam.arms``), relabelled: every method
+    starts from the same zero-shot model, and the rules judge each arm against it."""
+    out = []
+    for arm in arms:
+        model = arm_model(arm)
+        out += [dataclasses.replace(b, model=arm) for b in baselines if b.model == model]
+    return out
 
 
 def config_key(params: Mapping[str, Any]) -> str:

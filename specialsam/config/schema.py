@@ -33,15 +33,19 @@ from pydantic import (
     model_validator,
 )
 
+from specialsam.arms import METHODS, arm_method, arm_name
 from specialsam.config._text import _Bad, _describe, _suggest, _unknown
 from specialsam.errors import UserError
 from specialsam.finetune.clicks import CLICKS, MAX_CLICKS, NOC_THRESHOLDS
+from specialsam.finetune.methods import DEFAULT_TARGETS, MethodSettings
 from specialsam.finetune.pipeline import Scoring
 from specialsam.finetune.train import MAX_CLICK_ROUNDS, SEARCHABLE, TrainConfig
+from specialsam.models import lora
 from specialsam.models.registry import MODEL_NAMES, get_spec
 from specialsam.prompts import STRATEGIES
 from specialsam.tasks import TASKS, task_module, task_options
 
+LORA_TARGETS = lora.TARGETS
 SPACE_KEYS = SEARCHABLE
 """The hyperparameters ``search.space`` may name (all fields of :class:`TrainConfig`)."""
 
@@ -362,6 +366,56 @@ class RuleSettings(_Model):
     """Data-volume rule: mIoU difference below which two training-set sizes count as equivalent."""
 
 
+class MethodSettingsConfig(_Model):
+    """``method:``, the settings of the encoder-tuning methods (``methods: [.., lora, full]``).
+
+    Checked against each model's encoder before anything runs (``finetune.methods.check_method``):
+    L beyond a model's blocks or a LoRA target its blocks lack is a one-line error."""
+
+    blocks: int | None = Field(None, ge=1)
+    """L, the last encoder blocks tuned by lora / full; null = all of them."""
+    ranks: list[int] = Field(default_factory=lambda: [2, 4, 8])
+    """LoRA ranks phase A searches (one value: fixed)."""
+    rank: int = Field(4, ge=1)
+    """The LoRA rank of phase A's first (default-settings) trial; must be among ``ranks``."""
+    alpha: float | None = Field(None, gt=0)
+    """LoRA scaling numerator (delta = alpha / rank * B A); null = the rank (scale 1)."""
+    targets: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS))
+    """LoRA targets among q, k, v, proj, mlp (attention blocks) and conv (tiny residual blocks)."""
+    cache_budget_gib: float = Field(32.0, ge=0)
+    """Largest activation cache per (model, method); above it trials run the frozen blocks themselves."""
+
+    @field_validator("ranks")
+    @classmethod
+    def _ranks(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise _Bad("", "{key} must list at least one LoRA rank")
+        for i, r in enumerate(v):
+            if r < 1:
+                raise _Bad(f"[{i}]", f"{{key}}: LoRA rank must be >= 1 (got {r})")
+        return sorted(set(v))
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise _Bad("", f"{{key}} must name at least one of {', '.join(LORA_TARGETS)}")
+        for i, t in enumerate(v):
+            if t not in LORA_TARGETS:
+                raise _Bad(
+                    f"[{i}]",
+                    f"{{key}}: unknown LoRA target {t!r}{_suggest(t, LORA_TARGETS)}; "
+                    f"choose from {', '.join(LORA_TARGETS)}",
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _default_rank(self) -> MethodSettingsConfig:
+        if self.rank not in self.ranks:
+            raise _Bad("rank", f"{{key}} {self.rank} must be one of method.ranks ({self.ranks})")
+        return self
+
+
 class StorageSettings(_Model):
     cache_dir: str | None = None
     """Embedding cache (a path on shared storage on a cluster); null = the local default."""
@@ -375,6 +429,9 @@ class SweepConfig(_Model):
     data: dict[str, Any] = Field(default_factory=dict)
     """The task's ``Options`` (see specialsam/tasks/<task>.py); validated on load."""
     models: list[str] = Field(default_factory=lambda: ["tiny-s", "tiny-m"])
+    methods: list[str] = Field(default_factory=lambda: ["decoder"])
+    """The method axis: each model is tuned and judged per method (``specialsam.arms``)."""
+    method: MethodSettingsConfig = Field(default_factory=MethodSettingsConfig)
     seed: int = 0
     """Seed of the task's train/val/test split."""
     train: TrainSettings = Field(default_factory=TrainSettings)
@@ -412,6 +469,21 @@ class SweepConfig(_Model):
             raise _Bad("", f"{{key}} lists a model twice (got {v})")
         return v
 
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise _Bad("", f"{{key}} must list at least one method ({', '.join(METHODS)})")
+        for i, m in enumerate(v):
+            if m not in METHODS:
+                raise _Bad(
+                    f"[{i}]",
+                    f"{{key}}: unknown method {m!r}{_suggest(m, METHODS)}; choose from {', '.join(METHODS)}",
+                )
+        if len(set(v)) != len(v):
+            raise _Bad("", f"{{key}} lists a method twice (got {v})")
+        return [m for m in METHODS if m in v]
+
     @model_validator(mode="after")
     def _cross(self) -> SweepConfig:
         _check_data(self.task, self.data)
@@ -422,6 +494,40 @@ class SweepConfig(_Model):
                 f"{{key}} must be <= train.epochs (got {sched.grace_period} > {self.train.epochs})",
             )
         return self
+
+    def arms(self) -> list[str]:
+        """Every (model, method) the sweep tunes, as labels (``arms.arm_name``), model by model."""
+        return [arm_name(m, method) for m in self.models for method in self.methods]
+
+    def method_settings(self, arm: str, rank: int | None = None, seed: int = 0) -> MethodSettings:
+        """What ``arm``'s trials fine-tune (``rank``: a trial's searched LoRA rank; ``seed``: its
+        seed, which draws the adapters' initial A)."""
+        method = arm_method(arm)
+        m = self.method
+        return MethodSettings(
+            method,
+            blocks=m.blocks,
+            rank=int(m.rank if rank is None else rank),
+            alpha=m.alpha,
+            targets=tuple(m.targets),
+            seed=int(seed),
+        )
+
+    def method_space(self, arm: str) -> dict[str, list[int]]:
+        """Phase A's method settings to search for ``arm`` (LoRA: its rank), as choices."""
+        searched = arm_method(arm) == "lora" and len(self.method.ranks) > 1
+        return {"rank": list(self.method.ranks)} if searched else {}
+
+    def arm_default_point(self, arm: str) -> dict[str, float] | None:
+        """``default_point`` plus the arm's default method settings (LoRA: ``method.rank``)."""
+        point = self.default_point()
+        if point is None or not self.method_space(arm):
+            return point
+        return {**point, "rank": self.method.rank}
+
+    def activation_budget(self) -> int:
+        """``method.cache_budget_gib`` in bytes."""
+        return int(self.method.cache_budget_gib * 2**30)
 
     def curve_max_n(self) -> int:
         """The largest training size of the learning curve (phase B)."""

@@ -28,6 +28,7 @@ from segment_anything.modeling import Sam
 from specialsam.finetune.cache import EmbeddingCache, ModelIdentity
 from specialsam.finetune.methods import MethodPlan, MethodSettings, prepare_method, validate_method
 from specialsam.models.inference import preprocess
+from specialsam.tasks.base import ImageSource, Sample
 
 ACTIVATION_VERSION = "act/v1"
 DEFAULT_BUDGET_BYTES = 32 * 2**30
@@ -158,19 +159,84 @@ class FrozenHead:
         return acts.cpu()
 
 
-def plan_feed(model: str, s: MethodSettings, n_images: int, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> Feed:
-    """``choose_feed`` for ``--plan``, without weights: SAM ViTs built on the meta device (no
-    memory), the tiny models and vit_t randomly initialised (small). ``s`` is validated first."""
+def head_plan(sam: Sam, model: str, blocks: int | None) -> MethodPlan:
+    """Where lora and full (same L) split the encoder: the plan of ``full``, whose head is what the
+    activation cache stores. Only ``requires_grad`` flags change (the caller's model is not wrapped)."""
+    plan = prepare_method(sam, model, MethodSettings("full", blocks=blocks))
+    for p in sam.parameters():
+        p.requires_grad_(False)
+    return plan
+
+
+def skeleton_model(model: str) -> Sam:
+    """``model``'s architecture without its weights, to plan with: SAM ViTs built on the meta
+    device (no memory), the tiny models and vit_t randomly initialised (small)."""
     from specialsam.models.registry import get_spec, random_model
 
-    validate_method(model, s)
-    spec = get_spec(model)
-    if spec.family == "sam":
+    if get_spec(model).family == "sam":
         from segment_anything import sam_model_registry
 
         with torch.device("meta"):
-            sam = sam_model_registry[model](checkpoint=None)
-    else:
-        sam = random_model(model)
-    plan = prepare_method(sam, model, MethodSettings("full", blocks=s.blocks))  # same start as lora
-    return choose_feed(plan, spec.image_size, n_images, budget_bytes)
+            return sam_model_registry[model](checkpoint=None)
+    return random_model(model)
+
+
+def plan_feed(model: str, s: MethodSettings, n_images: int, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> Feed:
+    """``choose_feed`` for ``--plan``, without weights (``skeleton_model``); ``s`` validated first."""
+    from specialsam.models.registry import get_spec
+
+    validate_method(model, s)
+    plan = head_plan(skeleton_model(model), model, s.blocks)  # same start as lora
+    return choose_feed(plan, get_spec(model).image_size, n_images, budget_bytes)
+
+
+class ImageLookup:
+    """Embedding key -> the image's pixels, for :class:`FrozenHead` in a trial's process.
+
+    Holds each image's ``ImageSource`` (a file loader for real datasets, so it travels to Ray
+    workers as paths, not pixels); built by the driver only when a method falls back to the
+    frozen head."""
+
+    def __init__(self, sources: dict[str, ImageSource]) -> None:
+        self.sources = sources
+
+    def __call__(self, key: str) -> np.ndarray:
+        return self.sources[key].pixels()
+
+
+def split_images(
+    splits: dict[str, Sequence[Sample]], identity: ModelIdentity
+) -> tuple[list[ImageSource], list[str], list[str]]:
+    """The distinct images of a pack's splits: their sources, content hashes and embedding keys."""
+    seen: dict[str, ImageSource] = {}
+    for samples in splits.values():
+        for s in samples:
+            seen.setdefault(s.image_hash(), s.source)
+    hashes = list(seen)
+    return list(seen.values()), hashes, [identity.key(h) for h in hashes]
+
+
+class _Pixels(Sequence[np.ndarray]):
+    def __init__(self, sources: Sequence[ImageSource]) -> None:
+        self.sources = sources
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self.sources[i].pixels()
+
+
+def fill_activations(
+    cache: ActivationCache,
+    sam: Sam,
+    plan: MethodPlan,
+    identity: ModelIdentity,
+    splits: dict[str, Sequence[Sample]],
+    batch_size: int = 4,
+) -> int:
+    """Cache the frozen head's output for every image of a pack's splits; returns how many ran."""
+    sources, hashes, _keys = split_images(splits, identity)
+    before = cache.encoder_calls
+    precompute_activations(cache, sam, plan, identity, _Pixels(sources), hashes, batch_size)
+    return cache.encoder_calls - before

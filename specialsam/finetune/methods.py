@@ -33,6 +33,8 @@ from specialsam.models.encoder_steps import (
     tail_start,
 )
 
+METHOD_SEARCHABLE = ("rank",)
+"""Method settings phase A may search (beside ``train.SEARCHABLE``)."""
 DEFAULT_TARGETS = ("q", "v")
 """SAMed's choice: rank-4 adapters on the query and value projections."""
 
@@ -97,8 +99,8 @@ def validate_method(model: str, s: MethodSettings, kinds: Sequence[str] | None =
     n = s.n_tuned(len(kinds))
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(kinds):
         raise UserError(
-            f"{model}'s image encoder has {len(kinds)} blocks; blocks (L) must be in "
-            f"[1, {len(kinds)}], got {s.blocks}"
+            f"{model}'s image encoder has {len(kinds)} blocks; the tuned blocks L (method.blocks) "
+            f"must be in [1, {len(kinds)}], got {s.blocks}"
         )
     if s.method != "lora":
         return
@@ -112,9 +114,23 @@ def validate_method(model: str, s: MethodSettings, kinds: Sequence[str] | None =
     bad = [t for t in s.targets if t not in have]
     if bad:
         raise UserError(
-            f"LoRA target {bad[0]!r} is not in {model}'s last {n} encoder block(s); "
+            f"LoRA target {bad[0]!r} (method.targets) is not in {model}'s last {n} encoder block(s); "
             f"targets there: {', '.join(have)}"
         )
+
+
+def check_method(sam: Sam, model: str, s: MethodSettings) -> None:
+    """``prepare_method``'s checks on a built model, leaving it untouched (the driver's input check)."""
+    if not s.tunes_encoder:
+        validate_method(model, s)
+        return
+    family = _check_encoder(sam, model, s)
+    validate_method(model, s, block_kinds(encoder_steps(sam.image_encoder), family))
+
+
+def count_params(plan: MethodPlan) -> int:
+    """How many numbers the method trains (the method table's cost column)."""
+    return int(sum(p.numel() for p in plan.params))
 
 
 def _check_encoder(sam: Sam, model: str, s: MethodSettings) -> str:

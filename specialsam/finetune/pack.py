@@ -221,7 +221,7 @@ def _fill_cache(
     return keys
 
 
-def _pack_splits(
+def pack_splits(
     task: TaskData, settings: PackSettings, retention: Sequence[Sample]
 ) -> dict[str, list[Sample]]:
     """The pack's splits: train (+ its flips), val, test, retention and the task's extra test sets."""
@@ -404,7 +404,7 @@ def build_pack(
     any baseline or trial reads. ``precompute(images, hashes)``, when given, fills the cache first
     (e.g. spread over a Ray cluster); whatever it leaves missing is encoded here."""
     side, res = model_side(sam), settings.resolved_res(sam)
-    splits = _pack_splits(task, settings, retention)
+    splits = pack_splits(task, settings, retention)
     ident = _pack_ident(task, identity, settings, res, splits)
     folder = cache.root / "packs" / f"{task.name}-{identity.name}-{ident}"
     all_hashes = {name: [s.image_hash() for s in samples] for name, samples in splits.items()}

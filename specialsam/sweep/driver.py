@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from specialsam.analysis.results import BaselineResult, stable_seed
+from specialsam.analysis.results import BaselineResult, per_arm, stable_seed
+from specialsam.arms import arm_method, arm_model
 from specialsam.config import SweepConfig, config_to_dict
 from specialsam.errors import UserError
 from specialsam.finetune.cache import EmbeddingCache
+from specialsam.finetune.methods import check_method
 from specialsam.finetune.pack import Pack, PackSettings, build_pack, model_identity
 from specialsam.finetune.pipeline import score_decoder
 from specialsam.models.registry import load_model
@@ -91,6 +93,8 @@ def prepare(cfg: SweepConfig, opts: RunOptions):
         models[name] = load_model(
             name, checkpoint_dir=opts.checkpoint_dir, allow_unverified=opts.allow_unverified
         )
+    for arm in cfg.arms():  # L, LoRA targets, a missing encoder: one line each, before any write
+        check_method(models[arm_model(arm)][0], arm_model(arm), cfg.method_settings(arm))
     return cfg, task, models
 
 
@@ -121,6 +125,7 @@ class Sweep:
     parent: str = ""
     common: dict[str, str] = field(default_factory=dict)
     packs: dict[str, Pack] = field(default_factory=dict)
+    encoder: dict[str, Any] = field(default_factory=dict)  # lora/full arm -> trainable.EncoderTuning
     datasets: Any = None  # sweep.datasets.TaskDatasets, built on first use
 
     def save(self) -> None:
@@ -241,6 +246,49 @@ def build_packs(sweep: Sweep) -> None:
             precompute=hook,
         )
         sweep.packs[name] = Pack(folder, sweep.cache)
+        prepare_encoder_arms(sweep, name, sam, ident, settings, retention)
+
+
+def prepare_encoder_arms(sweep: Sweep, model: str, sam, ident, settings: PackSettings, retention) -> None:
+    """For ``model``'s lora / full arms: choose how trials get the tail's input and, when it is the
+    activation cache, run the frozen head once per image now (never in a trial)."""
+    from specialsam.finetune.activations import (
+        ActivationCache,
+        ImageLookup,
+        choose_feed,
+        fill_activations,
+        head_plan,
+        split_images,
+    )
+    from specialsam.finetune.pack import pack_splits
+    from specialsam.models.inference import model_side
+    from specialsam.sweep.trainable import EncoderTuning
+
+    cfg, opts = sweep.cfg, sweep.opts
+    arms = [a for a in cfg.arms() if arm_model(a) == model and arm_method(a) != "decoder"]
+    if not arms:
+        return
+    splits = pack_splits(sweep.task, settings, retention)
+    sources, _hashes, keys = split_images(splits, ident)
+    plan = head_plan(sam, model, cfg.method.blocks)
+    feed = choose_feed(plan, model_side(sam), len(keys), cfg.activation_budget())
+    _say(f"{model} encoder tuning ({', '.join(arm_method(a) for a in arms)}): {feed.describe()}", opts)
+    images = None
+    if feed.mode == "cache":
+        ran = fill_activations(ActivationCache(sweep.cache.root), sam, plan, ident, splits)
+        if ran:
+            _say(f"  ran {model}'s frozen encoder blocks on {ran} image(s)", opts)
+    else:
+        images = ImageLookup(dict(zip(keys, sources)))
+    for arm in arms:
+        sweep.encoder[arm] = EncoderTuning(
+            cfg.method_settings(arm),
+            feed.mode,
+            feed.bytes_per_image,
+            opts.checkpoint_dir,
+            opts.allow_unverified,
+            images,
+        )
 
 
 def open_parent_run(sweep: Sweep, live: _Live) -> None:
@@ -293,7 +341,17 @@ def score_baselines(sweep: Sweep) -> Baselines:
         out.extra[name] = primary_base.extra_miou
         extras = "".join(f"; extra test set {k} {v:.3f}" for k, v in primary_base.extra_miou.items())
         _say(f"baseline {name}: " + ", ".join(f"{b.prompt} {b.miou:.3f}" for b in per) + extras, sweep.opts)
-    return out
+    return _for_arms(out, sweep.cfg.arms())
+
+
+def _for_arms(b: Baselines, arms: list[str]) -> Baselines:
+    """Each model's zero-shot scores as every one of its arms' baselines (the rules judge arms)."""
+    return Baselines(
+        per_arm(b.results, arms),
+        {a: b.primary[arm_model(a)] for a in arms},
+        {a: b.retention[arm_model(a)] for a in arms},
+        {a: b.extra[arm_model(a)] for a in arms},
+    )
 
 
 def _model_baselines(
@@ -349,18 +407,28 @@ def _reusable_baselines(tracker: Tracker, parent: str) -> dict[str, Any]:
     return out
 
 
-def sweep_context(cfg: SweepConfig, packs: dict[str, Pack], cache: EmbeddingCache, phase: str, **kw: Any):
-    """What every trial of ``phase`` shares; phase B never stops early (``patience`` 0)."""
+def sweep_context(
+    cfg: SweepConfig,
+    packs: dict[str, Pack],
+    cache: EmbeddingCache,
+    phase: str,
+    encoder: dict[str, Any] | None = None,
+    **kw: Any,
+):
+    """What every trial of ``phase`` shares, keyed by arm; phase B never stops early (``patience`` 0).
+    ``encoder``: the lora / full arms' ``EncoderTuning`` (``prepare_encoder_arms``)."""
     from specialsam.sweep.trainable import SweepContext
 
     train = cfg.train if phase == "tune" else cfg.train.model_copy(update={"patience": 0})
+    arms = [a for a in cfg.arms() if arm_model(a) in packs]
     return SweepContext(
         phase=phase,
-        packs={n: str(p.folder) for n, p in packs.items()},
+        packs={a: str(packs[arm_model(a)].folder) for a in arms},
         cache_dir=str(cache.root),
-        scoring={m: cfg.scoring(m) for m in packs},
+        scoring={a: cfg.scoring(arm_model(a)) for a in arms},
         train=train,
         threads=max(1, int(cfg.resources.cpus_per_trial)),
+        encoder=dict(encoder or {}),
         **kw,
     )
 
@@ -388,44 +456,48 @@ def run_phases(sweep: Sweep, baselines: Baselines) -> list:
         "progress": not sweep.opts.quiet,
     }
     trials = []
-    for name in cfg.models:
-        trials += _phase_a(sweep, name, common)
+    for arm in cfg.arms():
+        trials += _phase_a(sweep, arm, common)
     trials += _phase_b(sweep, common)
     return trials
 
 
-def search_seed(cfg: SweepConfig, model: str) -> int:
-    """Each model's own searcher seed: with one seed for all, every model's search would draw the
+def search_seed(cfg: SweepConfig, arm: str) -> int:
+    """Each arm's own searcher seed: with one seed for all, every model's search would draw the
     same configurations (and with a short search, pick the same "best")."""
-    return stable_seed(cfg.search.searcher.seed, "search", model)
+    return stable_seed(cfg.search.searcher.seed, "search", arm)
 
 
 def _phase_a(sweep: Sweep, model: str, common: dict[str, Any]) -> list:
+    """Phase A of one arm (``model`` is its label)."""
+    from ray import tune
+
     from specialsam.sweep import phases
 
     cfg, search = sweep.cfg, sweep.cfg.search
-    ctx = sweep_context(cfg, sweep.packs, sweep.cache, "tune", fault=sweep.opts.fault)
+    ctx = sweep_context(cfg, sweep.packs, sweep.cache, "tune", sweep.encoder, fault=sweep.opts.fault)
     space = {
         **phases.tune_param_space(search.space),
+        **{k: tune.choice(v) for k, v in cfg.method_space(model).items()},
         "model": model,
         "n_train": search.n_train,
         "seed": cfg.curve.seeds[0],
     }
-    start = " (first: the default settings)" if cfg.default_point() else ""
+    start = " (first: the default settings)" if cfg.arm_default_point(model) else ""
     _say(
         f"phase A (tune) {model}: {search.num_samples} trials, "
         f"{search.searcher.type} + {search.scheduler.type}{start}",
         sweep.opts,
     )
     trials = phases.run_phase(
-        name=f"tune-{model}",
+        name=f"tune-{model.replace(':', '-')}",  # a folder name on any filesystem
         param_space=space,
         ctx=ctx,
         num_samples=search.num_samples,
         searcher=search.searcher.type,
         searcher_seed=search_seed(cfg, model),
         startup_trials=cfg.startup_trials(),
-        start_point=cfg.default_point(),
+        start_point=cfg.arm_default_point(model),
         asha=search.scheduler.model_dump() if search.scheduler.type == "asha" else None,
         **common,
     )
@@ -443,15 +515,21 @@ def _phase_b(sweep: Sweep, common: dict[str, Any]) -> list:
 
     cfg = sweep.cfg
     ctx = sweep_context(
-        cfg, sweep.packs, sweep.cache, "curve", best=sweep.state["best"], fault=sweep.opts.fault
+        cfg,
+        sweep.packs,
+        sweep.cache,
+        "curve",
+        sweep.encoder,
+        best=sweep.state["best"],
+        fault=sweep.opts.fault,
     )
     grid = {
-        "model": tune.grid_search(list(cfg.models)),
+        "model": tune.grid_search(cfg.arms()),
         "n_train": tune.grid_search(list(cfg.curve.n_train)),
         "seed": tune.grid_search(list(cfg.curve.seeds)),
     }
     _say(
-        f"phase B (learning curve): {len(cfg.models) * len(cfg.curve.n_train) * len(cfg.curve.seeds)} trials",
+        f"phase B (learning curve): {len(cfg.arms()) * len(cfg.curve.n_train) * len(cfg.curve.seeds)} trials",
         sweep.opts,
     )
     return phases.run_phase(name="curve", param_space=grid, ctx=ctx, **common)

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from specialsam.analysis.results import BaselineResult, TrialResult
+from specialsam.analysis.results import BaselineResult, TrialResult, per_arm
 from specialsam.analysis.summaries import format_summary
+from specialsam.arms import arm_model
 from specialsam.config import SweepConfig
 from specialsam.errors import UserError, disk_full
 from specialsam.finetune.clicks import InteractiveScores
@@ -95,6 +96,9 @@ def trial_from_record(
         per_category={s: v.per_category or {} for s, v in rec.test.items()},
         extra_miou=rec.extra_miou,
         default_config=is_default,
+        trial_seconds=rec.trial_seconds,
+        trainable_params=rec.trainable_params,
+        cache_bytes=rec.cache_bytes_per_image,
         **click_fields(rec.interactive_scores()),
     )
 
@@ -102,9 +106,10 @@ def trial_from_record(
 def trial_results(
     trials: list[PhaseTrial], base_retention: dict[str, float | None], cfg: SweepConfig
 ) -> list[TrialResult]:
-    point = cfg.default_point()
     return [
-        trial_from_record(t.key, t.record, base_retention.get(t.record.model), point)
+        trial_from_record(
+            t.key, t.record, base_retention.get(t.record.model), cfg.arm_default_point(t.record.model)
+        )
         for t in trials
         if t.record is not None
     ]
@@ -180,6 +185,8 @@ def export_best(
     for t in best_per_model.values():
         if t.run_id:
             tracker.log_artifact(t.run_id, t.checkpoint_dir / names.DECODER_FILE)
+            if (t.checkpoint_dir / names.TUNED_FILE).exists():
+                tracker.log_artifact(t.run_id, t.checkpoint_dir / names.TUNED_FILE)
             tracker.set_tags(t.run_id, {names.BEST_FOR_MODEL: "true"})
     best_cell = headline_cell(rep, cfg.eval.primary)
     if best_cell is None:
@@ -188,7 +195,10 @@ def export_best(
     if chosen is None:
         return None
     full, dec = _write_export(
-        models[best_cell.model][0], chosen, f"{cfg.task}-{best_cell.model}-specialised", opts
+        models[arm_model(best_cell.model)][0],
+        chosen,
+        f"{cfg.task}-{best_cell.model.replace(':', '-')}-specialised",
+        opts,
     )
     tracker.log_artifact(parent, dec, "export")
     if full.stat().st_size < 200 * 1024**2:
@@ -202,7 +212,7 @@ def publish_model(tracker: Tracker, parent: str, cfg: SweepConfig, rep, full: Pa
     from specialsam.sweep.model_logging import log_specialised
 
     head = headline_cell(rep, cfg.eval.primary)
-    return log_specialised(tracker, parent, cfg.task, head.model, full, cfg.eval.mask_selection)
+    return log_specialised(tracker, parent, cfg.task, arm_model(head.model), full, cfg.eval.mask_selection)
 
 
 def _best_per_model(trials) -> dict[str, PhaseTrial]:
@@ -224,12 +234,15 @@ def _recommended_trial(rep, model: str, by_key: dict[str, PhaseTrial]) -> PhaseT
 
 
 def _write_export(sam, chosen: PhaseTrial, stem: str, opts: RunOptions) -> tuple[Path, Path]:
-    from specialsam.models.export import export_specialised
-
-    state = torch.load(chosen.checkpoint_dir / names.DECODER_FILE, weights_only=True)
+    """The chosen trial's model as a full official-layout checkpoint + its decoder (+ LoRA adapters)."""
     out_dir = export_root(opts)
     try:
-        return export_specialised(sam, state, out_dir, stem)
+        if chosen.record.method is None:
+            from specialsam.models.export import export_specialised
+
+            state = torch.load(chosen.checkpoint_dir / names.DECODER_FILE, weights_only=True)
+            return export_specialised(sam, state, out_dir, stem)
+        return _export_tuned(sam, chosen, out_dir, stem)
     except OSError as exc:  # checked before the sweep, so the folder changed since (or the disk filled)
         if disk_full(exc):
             raise
@@ -237,6 +250,23 @@ def _write_export(sam, chosen: PhaseTrial, stem: str, opts: RunOptions) -> tuple
             f"{'--export-dir' if opts.export_dir else 'the export folder'} {out_dir}: cannot write the "
             f"specialised model ({exc.strerror or exc}); fix it and rerun with --resume"
         ) from None
+
+
+def _export_tuned(sam, chosen: PhaseTrial, out_dir: Path, stem: str) -> tuple[Path, Path]:
+    """A lora / full trial: its method put on a copy of the base model, its kept weights loaded,
+    exported with LoRA merged (``models.export.export_tuned``); the adapters alone beside it."""
+    import copy
+
+    from specialsam.finetune.methods import MethodSettings, load_tuned_state, prepare_method
+    from specialsam.models.export import export_tuned
+
+    raw = dict(chosen.record.method)
+    settings = MethodSettings(**{**raw, "targets": tuple(raw.get("targets") or ())})
+    model = copy.deepcopy(sam).cpu()
+    prepare_method(model, arm_model(chosen.record.model), settings)
+    load_tuned_state(model, torch.load(chosen.checkpoint_dir / names.TUNED_FILE, weights_only=True))
+    full, dec, _adapters = export_tuned(model, out_dir, stem, raw)  # adapters: beside them, same stem
+    return full, dec
 
 
 def analyze_only(cfg: SweepConfig, opts: RunOptions, parent: str) -> SweepOutcome:
@@ -255,7 +285,7 @@ def analyze_only(cfg: SweepConfig, opts: RunOptions, parent: str) -> SweepOutcom
         parent,
         cfg,
         data_kind,
-        logged_baselines(tracker, parent),
+        per_arm(logged_baselines(tracker, parent), cfg.arms()),
         logged_trials(tracker, parent, cfg),
     )
     out.tracking_uri = uri
@@ -288,7 +318,7 @@ def logged_trials(tracker: Tracker, parent: str, cfg: SweepConfig) -> list[Trial
         rec = TrialRecord.from_dict(tracker.download_json(r.info.run_id, RESULT_FILE))
         trial_id = r.data.tags.get(names.TRIAL_ID, r.info.run_id)
         base_ret = r.data.metrics.get(names.BASE_RETENTION_MIOU)
-        out.append(trial_from_record(trial_id, rec, base_ret, cfg.default_point()))
+        out.append(trial_from_record(trial_id, rec, base_ret, cfg.arm_default_point(rec.model)))
     return out
 
 

@@ -83,6 +83,8 @@ NOC_PREFIX = "noc."
 PER_IMAGE_IOU = "per_image_iou.json"
 TRIAL_ARTIFACTS = (RESULT_FILE, "curves.png", "overlay.png")
 DECODER_FILE = "decoder.pt"
+TUNED_FILE = "tuned.pt"
+"""A lora / full trial's kept encoder weights (adapters or blocks) by parameter name, beside its decoder."""
 SURVEY_DIR = "survey"
 SURVEY_TABLE = "survey.md"
 SURVEY_HEATMAP = "survey_heatmap.png"

@@ -21,15 +21,15 @@ from typing import Any
 
 from ray import tune
 
+from specialsam.arms import arm_method
 from specialsam.finetune.records import TrialRecord
-from specialsam.finetune.train import SEARCHABLE
 from specialsam.sweep import mlflow_runs as names
 from specialsam.sweep.progress import progress_for
 from specialsam.sweep.ray_runtime import PhaseInterrupted, sigint_stops_tune
 from specialsam.sweep.tracking import Tracker
-from specialsam.sweep.trainable import AXES, SweepContext, trainable
+from specialsam.sweep.trainable import AXES, SWEEP_SEARCHABLE, SweepContext, trainable
 
-TRIAL_PARAMS = (*SEARCHABLE, *AXES)
+TRIAL_PARAMS = (*SWEEP_SEARCHABLE, *AXES)
 
 
 @dataclass
@@ -90,6 +90,7 @@ class MlflowLogger(tune.Callback):
                 parent=self.log.parent_run,
             )
             params = {**self.ctx.best.get(cfg["model"], {}), **{k: cfg[k] for k in TRIAL_PARAMS if k in cfg}}
+            params["method"] = arm_method(cfg["model"])
             self.log.tracker.log_params(run_id, params)
             if self.log.datasets is not None:
                 self.log.tracker.log_inputs(run_id, self.log.datasets.inputs(int(cfg["n_train"])))
@@ -350,4 +351,4 @@ def best_params(trials: list[PhaseTrial]) -> dict[str, Any] | None:
     if not done:
         return None
     best = max(done, key=lambda r: r.record.best_val_miou)  # type: ignore[union-attr]
-    return {k: v for k, v in best.params.items() if k in SEARCHABLE}
+    return {k: v for k, v in best.params.items() if k in SWEEP_SEARCHABLE}

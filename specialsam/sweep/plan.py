@@ -35,6 +35,9 @@ ENCODE_IMAGES_PER_S = {
     "vit_h": {"cpu": 0.024, "cuda": 6.0},
 }
 EMBEDDING_BYTES = {"tiny": 64 * 16 * 16 * 2, "sam": 256 * 64 * 64 * 2}
+METHOD_STEP_COST = {"decoder": 1.0, "lora": 3.0, "full": 4.5}
+"""Seconds per training sample relative to decoder-only, from cached activations (benchmarks/README.md,
+``methods.py``: tiny 2.1-3.5x for lora and 2.6-6.1x for full, vit_t about 2.2-2.5x)."""
 
 
 def family(model: str) -> str:
@@ -59,12 +62,22 @@ class ModelPlan:
 
 
 @dataclass
+class MethodPlanLine:
+    """A lora / full arm: how its trials get the tuned blocks' input, and at what cache size."""
+
+    arm: str
+    trainable_params: int
+    feed: str  # activations.Feed.describe()
+
+
+@dataclass
 class Plan:
     phase_a_trials: int
     phase_b_trials: int
     models: list[ModelPlan] = field(default_factory=list)
     parallel: float = 1.0
     device: str = "cpu"
+    methods: list[MethodPlanLine] = field(default_factory=list)
 
     @property
     def total_seconds(self) -> float:
@@ -83,6 +96,7 @@ class Plan:
                 f"{m.model:<8} {m.images:>8} {m.to_encode:>10} {_size(m.cache_bytes):>10} "
                 f"{m.train_samples:>14,} {_duration(m.encode_seconds + m.train_seconds / self.parallel):>10}"
             )
+        rows += [f"{m.arm}: {m.trainable_params:,} trainable parameters; {m.feed}" for m in self.methods]
         rows.append(
             f"encoder passes still to run: {sum(m.to_encode for m in self.models)}; cache on disk: "
             f"{_size(sum(m.cache_bytes for m in self.models))}; estimated compute: "
@@ -112,8 +126,8 @@ def make_plan(cfg: SweepConfig, task, models, cache: EmbeddingCache, parallel: f
     """The plan of ``cfg`` on ``task`` with ``models``; images already in ``cache`` cost nothing."""
     train = cfg.train
     plan = Plan(
-        phase_a_trials=cfg.search.num_samples * len(cfg.models),
-        phase_b_trials=len(cfg.curve.n_train) * len(cfg.curve.seeds) * len(cfg.models),
+        phase_a_trials=cfg.search.num_samples * len(cfg.arms()),
+        phase_b_trials=len(cfg.curve.n_train) * len(cfg.curve.seeds) * len(cfg.arms()),
         parallel=parallel,
         device=device,
     )
@@ -136,16 +150,36 @@ def make_plan(cfg: SweepConfig, task, models, cache: EmbeddingCache, parallel: f
             * trial_samples(n, train.epochs, train.max_steps, train.batch_size, train.flip)
             for n in cfg.curve.n_train
         )
+        total = int(total * sum(METHOD_STEP_COST[m] for m in cfg.methods))
+        lines, activation_bytes = _method_lines(cfg, name, images)
+        plan.methods += lines
         res = train.loss_res or (256 if fam == "tiny" else 1024)
         plan.models.append(
             ModelPlan(
                 model=name,
                 images=images,
                 to_encode=todo,
-                cache_bytes=images * EMBEDDING_BYTES[fam] + len(samples) * res * res,
+                cache_bytes=images * EMBEDDING_BYTES[fam] + len(samples) * res * res + activation_bytes,
                 train_samples=total,
                 encode_seconds=todo / ENCODE_IMAGES_PER_S[name][device],
                 train_seconds=total / TRAIN_SAMPLES_PER_S[fam][device],
             )
         )
     return plan
+
+
+def _method_lines(cfg: SweepConfig, model: str, images: int) -> tuple[list[MethodPlanLine], int]:
+    """``model``'s lora / full arms (trainable parameters, activation cache or its fallback) and
+    the cache's bytes (lora and full share it: same L)."""
+    from specialsam.arms import arm_name
+    from specialsam.finetune.activations import plan_feed, skeleton_model
+    from specialsam.finetune.methods import count_params, prepare_method
+
+    out, cached = [], 0
+    for method in [m for m in cfg.methods if m != "decoder"]:
+        s = cfg.method_settings(arm_name(model, method))
+        feed = plan_feed(model, s, images, cfg.activation_budget())
+        cached = feed.total_bytes if feed.mode == "cache" else 0
+        tuned = prepare_method(skeleton_model(model), model, s)
+        out.append(MethodPlanLine(arm_name(model, method), count_params(tuned), feed.describe()))
+    return out, cached

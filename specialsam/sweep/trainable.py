@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,11 @@ import ray
 import torch
 from ray import tune
 
+from specialsam.arms import arm_method, arm_model
 from specialsam.config import TrainSettings, train_config
+from specialsam.finetune.activations import ImageLookup
 from specialsam.finetune.cache import EmbeddingCache
+from specialsam.finetune.methods import METHOD_SEARCHABLE, MethodSettings
 from specialsam.finetune.pack import Pack
 from specialsam.finetune.pipeline import Scoring
 from specialsam.finetune.records import TrialRecord
@@ -31,65 +34,155 @@ from specialsam.finetune.train import SEARCHABLE
 from specialsam.sweep import mlflow_runs as names
 
 AXES = ("model", "n_train", "seed")
-"""The trial's own axes in Tune's ``config`` (beside the searched values)."""
+"""The trial's own axes in Tune's ``config`` (beside the searched values); ``model`` is the arm's
+label (``specialsam.arms``: a model and its fine-tuning method)."""
+SWEEP_SEARCHABLE = (*SEARCHABLE, *METHOD_SEARCHABLE)
+"""What phase A may search: training hyperparameters and the method's own (LoRA rank)."""
+
+
+@dataclass
+class EncoderTuning:
+    """What a lora / full arm's trials need beyond the pack: the full model (its encoder) and how
+    the tail's input arrives (``cache``: activations cached by the driver; ``frozen``: the frozen
+    blocks run in the trial, from the images that ``images`` looks up)."""
+
+    settings: MethodSettings
+    feed: str
+    cache_bytes_per_image: int
+    checkpoint_dir: str | None = None
+    allow_unverified: bool = False
+    images: ImageLookup | None = None
 
 
 @dataclass
 class SweepContext:
-    """What every trial of one phase shares (sent once to the object store, not per trial)."""
+    """What every trial of one phase shares (sent once to the object store, not per trial).
+    Everything is keyed by arm (``config["model"]``)."""
 
     phase: str  # "tune" (phase A) or "curve" (phase B)
-    packs: dict[str, str]  # model -> pack folder
+    packs: dict[str, str]  # arm -> its model's pack folder
     cache_dir: str
-    scoring: dict[str, Scoring]  # model -> how its trials are scored
+    scoring: dict[str, Scoring]  # arm -> how its trials are scored
     train: TrainSettings  # the shared training settings of this phase
     threads: int = 1
-    best: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> phase A's best values
+    best: dict[str, dict[str, Any]] = field(default_factory=dict)  # arm -> phase A's best values
     precision: str = "auto"
     fault: dict | None = None  # test hooks (see ``_maybe_inject_fault``)
+    encoder: dict[str, EncoderTuning] = field(default_factory=dict)  # lora / full arms
 
     def params(self, config: dict[str, Any]) -> dict[str, Any]:
-        """The trial's hyperparameters: its model's best values, overridden by searched ones."""
-        return {**self.best.get(config["model"], {}), **{k: config[k] for k in SEARCHABLE if k in config}}
+        """The trial's hyperparameters: its arm's best values, overridden by searched ones."""
+        searched = {k: config[k] for k in SWEEP_SEARCHABLE if k in config}
+        return {**self.best.get(config["model"], {}), **searched}
+
+
+@dataclass
+class _Trial:
+    """One trial's inputs, resolved from its Tune config and the context."""
+
+    arm: str
+    pack: Pack
+    sam: Any
+    cfg: Any  # TrainConfig
+    scoring: Scoring
+    dev: Any
+    params: dict[str, Any]
+    plan: Any = None  # MethodPlan (lora / full)
+    tuning: EncoderTuning | None = None
 
 
 def trainable(config: dict[str, Any], ctx: SweepContext) -> None:
-    """One trial: fine-tune ``config['model']``'s decoder from its pack, report to Tune."""
-    from specialsam.device import select_device
-    from specialsam.finetune.pipeline import specialise, trial_record
+    """One trial: fine-tune ``config['model']``'s arm from its pack, report to Tune."""
     from specialsam.finetune.train import TrainingFailed
 
     torch.set_num_threads(max(1, int(ctx.threads)))
-    pack = Pack(ctx.packs[config["model"]], EmbeddingCache(ctx.cache_dir))
-    sam = pack.headless_model()
-    dev = select_device(precision=ctx.precision).for_decoder(sam.mask_decoder.transformer_dim)
-    params = ctx.params(config)
-    cfg = train_config(ctx.train, params, config["n_train"], config["seed"])
+    t = _resolve(config, ctx)
     fault = ctx.fault or {}
     if _fault_matches(fault.get("nan"), config):  # test hook: a learning rate that must blow up
-        cfg.lr, cfg.grad_clip = 1e30, 0.0
-    scoring = ctx.scoring[config["model"]]
-    thumbs = OverlayThumbs(sam, pack, scoring)
+        t.cfg.lr, t.cfg.grad_clip = 1e30, 0.0
+    thumbs = OverlayThumbs(t.sam, t.pack, t.scoring)
     base_thumbs = thumbs.predict()
-    try:
-        out = specialise(
-            sam,
-            pack,
-            cfg,
-            scoring,
-            dev,
-            on_epoch=report_epoch,
-            fault_hook=lambda step: _maybe_inject_fault(fault, config, step),
+    hook = lambda step: _maybe_inject_fault(fault, config, step)  # noqa: E731
+    with tempfile.TemporaryDirectory(prefix="specialsam-tuned-") as tuned_dir:
+        try:
+            out = _specialise(t, hook, Path(tuned_dir))
+        except TrainingFailed as exc:
+            tune.report({names.VAL_MIOU: 0.0, "failed": str(exc), "final": 1})
+            return
+        record = _record(t, out, ctx.phase, config)
+        if t.plan is not None:  # after-overlays from the tuned encoder's embeddings
+            thumbs = OverlayThumbs(t.sam, Pack(t.pack.folder, EmbeddingCache(tuned_dir)), t.scoring)
+        with tempfile.TemporaryDirectory() as d:
+            write_checkpoint(Path(d), record, t.sam, thumbs, base_thumbs)
+            if t.plan is not None:
+                torch.save(out.train.tuned, Path(d) / names.TUNED_FILE)
+            tune.report(names.final_report(record), checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def _resolve(config: dict[str, Any], ctx: SweepContext) -> _Trial:
+    from specialsam.device import select_device
+
+    arm = config["model"]
+    pack = Pack(ctx.packs[arm], EmbeddingCache(ctx.cache_dir))
+    params = ctx.params(config)
+    train_params = {k: v for k, v in params.items() if k in SEARCHABLE}
+    cfg = train_config(ctx.train, train_params, config["n_train"], config["seed"])
+    tuning = ctx.encoder.get(arm)
+    plan = None
+    if tuning is None:
+        sam = pack.headless_model()
+    else:
+        from specialsam.finetune.methods import prepare_method
+        from specialsam.models.registry import load_model
+
+        sam, _ = load_model(
+            arm_model(arm), checkpoint_dir=tuning.checkpoint_dir, allow_unverified=tuning.allow_unverified
         )
-    except TrainingFailed as exc:
-        tune.report({names.VAL_MIOU: 0.0, "failed": str(exc), "final": 1})
-        return
-    record = trial_record(
-        out, params, ctx.phase, cfg, config["model"], ray.get_runtime_context().get_node_id()
+        settings = replace(tuning.settings, rank=int(params.get("rank", tuning.settings.rank)), seed=cfg.seed)
+        plan = prepare_method(sam, arm_model(arm), settings)
+    dev = select_device(precision=ctx.precision).for_decoder(sam.mask_decoder.transformer_dim)
+    return _Trial(arm, pack, sam, cfg, ctx.scoring[arm], dev, params, plan, tuning)
+
+
+def _specialise(t: _Trial, hook, tuned_dir: Path):
+    """Decoder-only from cached embeddings, or the encoder's tail too (``encoder_train``)."""
+    from specialsam.finetune.pipeline import specialise
+
+    if t.plan is None:
+        return specialise(t.sam, t.pack, t.cfg, t.scoring, t.dev, on_epoch=report_epoch, fault_hook=hook)
+    from specialsam.finetune.activations import ActivationCache, CachedActivations, FrozenHead
+    from specialsam.finetune.encoder_train import specialise_with_method
+
+    t.sam.to(t.dev.device)
+    if t.tuning.feed == "cache":
+        source = CachedActivations(ActivationCache(t.pack.cache.root), t.plan.start_name)
+    else:
+        source = FrozenHead(t.sam, t.plan, t.tuning.images, t.dev.precision)
+    return specialise_with_method(
+        t.sam, t.plan, t.pack, source, t.cfg, t.scoring, t.dev, report_epoch, hook, keep=tuned_dir
     )
-    with tempfile.TemporaryDirectory() as d:
-        write_checkpoint(Path(d), record, sam, thumbs, base_thumbs)
-        tune.report(names.final_report(record), checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def _record(t: _Trial, out, phase: str, config: dict[str, Any]) -> TrialRecord:
+    from specialsam.finetune.methods import count_params, settings_record
+    from specialsam.finetune.pipeline import trial_record
+
+    record = trial_record(out, t.params, phase, t.cfg, t.arm, ray.get_runtime_context().get_node_id())
+    record.params["method"] = arm_method(t.arm)
+    if t.plan is None:
+        record.trainable_params = int(sum(p.numel() for p in t.sam.mask_decoder.parameters()))
+        record.cache_bytes_per_image = embedding_bytes(t.sam)
+    else:
+        record.method = settings_record(t.plan.settings)
+        record.trainable_params = count_params(t.plan)
+        record.cache_bytes_per_image = t.tuning.cache_bytes_per_image if t.tuning.feed == "cache" else 0
+    return record
+
+
+def embedding_bytes(sam) -> int:
+    """Bytes of one image's cached (float16) embedding: what a decoder-only trial reads per image."""
+    h, w = sam.prompt_encoder.image_embedding_size
+    return 2 * int(sam.prompt_encoder.embed_dim) * int(h) * int(w)
 
 
 def report_epoch(epoch: int, m: dict[str, float]) -> None:
