@@ -26,6 +26,11 @@ TAG_BASELINE_RULE = "specialsam.verdict.baseline_rule"
 TAG_DATA_RULE = "specialsam.verdict.data_rule"
 TAG_BASELINE_RULE_CLICKS = TAG_BASELINE_RULE + ".clicks"
 """+ the click budget k: the baseline rule judged after k interactions (``analysis.clicks_rule``)."""
+TAG_RECOMMENDED_METHOD = "specialsam.recommended_method"
+"""The recommended arm's fine-tuning method (``analysis.methods``), ``none`` when the recommendation
+is not to fine-tune; set only by sweeps that compared methods."""
+TAG_METHOD_INFIX = ".method."
+"""``TAG_BASELINE_RULE`` / ``TAG_DATA_RULE`` + this + a method: that rule judged over the method's arms."""
 
 EXCLUDED_PARAM_KEYS = frozenset({"seed", "n_train", "model", "phase", "trial_id", "method"})
 """Keys ignored when grouping trials into configurations (they are the trial's own axes)."""

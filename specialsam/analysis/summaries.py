@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,10 @@ from specialsam.analysis.clicks_rule import ClicksReport
 from specialsam.analysis.data_rule import DataRuleReport, ModelCurve
 from specialsam.analysis.results import EXCLUDED_PARAM_KEYS, BaselineResult, TrialResult
 from specialsam.analysis.selection import SelectedConfig, fmt_params
+from specialsam.arms import METHODS, arm_method, arm_model
+
+if TYPE_CHECKING:  # methods.py imports this module (retention_summary)
+    from specialsam.analysis.methods import MethodReport
 
 # --------------------------------------------------------------------------------------------
 # Health, retention, breakdowns
@@ -188,11 +192,20 @@ def tune_spread(trials: Sequence[TrialResult]) -> list[TuneSpread]:
 # --------------------------------------------------------------------------------------------
 
 
-def scope_statement(data_kind: str = "real") -> str:
+def scope_statement(data_kind: str = "real", methods: MethodReport | None = None) -> str:
     text = (
         "Scope: decoder-only fine-tuning (frozen image encoder, cached embeddings); encoder, adapter and "
         "LoRA tuning were not compared, so a 'don't' here says nothing about them."
     )
+    if methods is not None:
+        present = {r.method for mm in methods.models.values() for r in mm.rows}
+        tried = [m for m in METHODS if m in present]
+        text = (
+            f"Scope: fine-tuning methods compared: {', '.join(tried)} (decoder: the mask decoder on "
+            "cached embeddings; lora: LoRA adapters in the image encoder's last blocks + the decoder; "
+            "full: those blocks, the neck and the decoder), each with the frozen part of the encoder run "
+            "once per image; other adapters were not compared."
+        )
     if data_kind == "procedural":
         text += (
             " Data: procedural stand-in; this run is a demonstration of the method, "
@@ -237,14 +250,44 @@ def _samples_line(curve: ModelCurve | None, sel: SelectedConfig, margin: float) 
     return "Samples: " + "; ".join(bits) + "." if bits else None
 
 
+def _what_to_tune(best: BaselineCell, methods: MethodReport | None) -> str:
+    """``the mask decoder of `tiny-m``` (decoder-only sweeps), or the model, its method and why."""
+    if methods is None:
+        return f"the mask decoder of `{best.model}`"
+    model, method = arm_model(best.model), arm_method(best.model)
+    note = methods.models[model].decoder_note.replace(f" for `{model}`", "")
+    if method == "decoder":
+        return f"the mask decoder of `{model}` ({note})"
+    return f"`{model}` with `{method}` ({note})"
+
+
+def recommended_cell(
+    baseline_report: BaselineRuleReport, methods: MethodReport | None = None
+) -> BaselineCell | None:
+    """The cell the recommendation rests on: the highest gain CI lower bound (primary prompt, else
+    any); when that gain is shown and the sweep compared methods, moved to its model's method pick,
+    so the recommended arm is the cheapest method within the best one's CI. None: no gains."""
+    cells, _ = _primary_cells(baseline_report)
+    if not cells:
+        return None
+    best = max(cells, key=lambda c: (c.gain.lo, c.gain.mean))
+    pick = methods.pick_for(best.model) if methods is not None and best.gain.lo > 0 else None
+    if pick is not None:
+        best = baseline_report.cell(pick.arm, best.prompt) or best
+    return best
+
+
 def _fine_tune_lines(
-    best: BaselineCell, cells: Sequence[BaselineCell], data_report: DataRuleReport | None
+    best: BaselineCell,
+    cells: Sequence[BaselineCell],
+    data_report: DataRuleReport | None,
+    methods: MethodReport | None = None,
 ) -> list[str]:
     """The 'fine-tune' verdict: what, with how much data, its caveats, and who else gained."""
     sel = best.config
     assert sel is not None
     lines = [
-        f"**Fine-tune** the mask decoder of `{best.model}` with {sel.n_train:,} training samples and "
+        f"**Fine-tune** {_what_to_tune(best, methods)} with {sel.n_train:,} training samples and "
         f"{fmt_params({k: v for k, v in sel.params.items() if k not in EXCLUDED_PARAM_KEYS})}: "
         f"expected mIoU gain {best.gain.fmt()} (95% CI) on the `{best.prompt}` prompt, "
         f"{best.baseline_miou:.3f} -> {best.specialised_miou:.3f} over {best.n_seeds} seed(s)."
@@ -263,16 +306,23 @@ def _fine_tune_lines(
             + "; inspect before relying on it."
         )
     others = [c for c in cells if c is not best and c.gain.lo > 0]
+    if methods is not None:  # other models by their pick; every method is in the method table
+        others = [
+            c for c in others if arm_model(c.model) != arm_model(best.model) and methods.is_pick(c.model)
+        ]
     if others:
         lines.append("Also helped: " + ", ".join(f"`{c.model}` {c.gain.fmt()}" for c in others) + ".")
     return lines
 
 
-def _dont_line(best: BaselineCell, cells: Sequence[BaselineCell], prompt: str) -> str:
+def _dont_line(best: BaselineCell, cells: Sequence[BaselineCell], prompt: str, methods: bool = False) -> str:
     """The 'don't fine-tune' verdict: every gain negative, or none demonstrably positive."""
     if all(c.gain.hi < 0 for c in cells):
+        what = "specialising the decoder lowered mIoU for every model"
+        if methods:
+            what = "fine-tuning lowered mIoU for every model and method"
         return (
-            f"**Don't fine-tune**: specialising the decoder lowered mIoU for every model on {prompt} "
+            f"**Don't fine-tune**: {what} on {prompt} "
             f"(least bad: `{best.model}` {best.gain.fmt()} from a baseline of {best.baseline_miou:.3f})."
         )
     return (
@@ -289,7 +339,8 @@ def _retention_lines(best: BaselineCell, retention: Mapping[str, RetentionSummar
     if ret is not None and ret.delta is not None:
         return [
             f"Retention cost (`{best.model}`, selected configuration): general-purpose mIoU "
-            f"{ret.retention_miou:.3f} vs {ret.base_retention_miou:.3f} for the base decoder "
+            f"{ret.retention_miou:.3f} vs {ret.base_retention_miou:.3f} for the base "
+            f"{'decoder' if arm_method(best.model) == 'decoder' else 'model'} "
             f"({ret.delta:+.3f})."
         ]
     if ret is not None or best.gain.lo > 0:
@@ -322,11 +373,13 @@ def recommendation(
     include_scope: bool = True,
     health: HealthSummary | None = None,
     clicks: ClicksReport | None = None,
+    methods: MethodReport | None = None,
 ) -> str:
     """The actionable opening of the report: fine-tune (what, how) or don't (why), then its scope.
 
-    The model is the one whose primary-prompt gain has the highest CI lower bound; its settings and
-    sample count are the validation-selected configuration's. Trials training left unchanged
+    The model is the one whose primary-prompt gain has the highest CI lower bound; with ``methods``
+    (a sweep that compared methods) its method is the model's pick (``recommended_cell``); settings
+    and sample count are the validation-selected configuration's. Trials training left unchanged
     (``health``, else the selected configurations' trials) are said first: when every trial is
     unchanged there is no recommendation at all, since a zero gain was never measured."""
     cells, prompt = _primary_cells(baseline_report)
@@ -339,17 +392,17 @@ def recommendation(
     elif not cells:
         lines.append("**No recommendation**: no model has both a zero-shot baseline and fine-tuned trials.")
     else:
-        best = max(cells, key=lambda c: (c.gain.lo, c.gain.mean))
+        best = recommended_cell(baseline_report, methods)
         if best.gain.lo > 0:
-            lines += _fine_tune_lines(best, cells, data_report)
+            lines += _fine_tune_lines(best, cells, data_report, methods)
         else:
-            lines.append(_dont_line(best, cells, prompt))
+            lines.append(_dont_line(best, cells, prompt, methods is not None))
         if n_unchanged:  # right under the verdict it qualifies
             lines.insert(1, "Caution: " + (unchanged_warning(n_unchanged, health.n_trials) or ""))
         lines += _retention_lines(best, retention)
         lines += _clicks_lines(clicks)
     if include_scope:
-        lines.append(scope_statement(data_kind))
+        lines.append(scope_statement(data_kind, methods))
     return "\n\n".join(lines)
 
 

@@ -15,10 +15,13 @@ from typing import Any
 from specialsam.analysis.baseline_rule import BaselineRuleReport, baseline_rule
 from specialsam.analysis.clicks_rule import ClicksReport, clicks_rule
 from specialsam.analysis.data_rule import CurvePoint, DataRuleReport, ModelCurve, data_rule
+from specialsam.analysis.methods import MethodReport, method_report
 from specialsam.analysis.results import (
     TAG_BASELINE_RULE,
     TAG_BASELINE_RULE_CLICKS,
     TAG_DATA_RULE,
+    TAG_METHOD_INFIX,
+    TAG_RECOMMENDED_METHOD,
     BaselineResult,
     TrialResult,
     check_alignment,
@@ -33,15 +36,18 @@ from specialsam.analysis.summaries import (
     extra_breakdown,
     health_summary,
     recommendation,
+    recommended_cell,
     retention_summary,
     scope_statement,
     summary_rows,
     tune_spread,
     unchanged_warning,
 )
+from specialsam.arms import arm_method
 from specialsam.report import plots
 
 CATEGORY_PLOT = "category_bars.png"
+METHOD_PLOT = "method_gains.png"
 
 
 @dataclass
@@ -58,11 +64,16 @@ class ReportFiles:
     clicks_plot: Path | None = None
     category_plot: Path | None = None
     """Per-category bars (base vs specialised); None when the report has no per-category table."""
+    method_report: MethodReport | None = None
+    """The method table (None: a decoder-only sweep, whose report and tags read as before)."""
+    method_plot: Path | None = None
+    recommended_method: str = "none"
+    """The recommended arm's method, ``none`` when the recommendation is not to fine-tune."""
 
     @property
     def plots(self) -> list[Path]:
         """Every plot the report links, for logging beside it."""
-        every = (self.gain_plot, self.curve_plot, self.clicks_plot, self.category_plot)
+        every = (self.gain_plot, self.curve_plot, self.clicks_plot, self.category_plot, self.method_plot)
         return [p for p in every if p is not None]
 
     @property
@@ -70,6 +81,11 @@ class ReportFiles:
         tags = {TAG_BASELINE_RULE: self.verdict_baseline_rule, TAG_DATA_RULE: self.verdict_data_rule}
         for b in self.clicks_report.budgets if self.clicks_report else []:
             tags[f"{TAG_BASELINE_RULE_CLICKS}{b.clicks}"] = b.verdict
+        if self.method_report is not None:
+            tags[TAG_RECOMMENDED_METHOD] = self.recommended_method
+            for v in self.method_report.verdicts:
+                tags[TAG_BASELINE_RULE + TAG_METHOD_INFIX + v.method] = v.baseline_rule
+                tags[TAG_DATA_RULE + TAG_METHOD_INFIX + v.method] = v.data_rule
         return tags
 
 
@@ -94,6 +110,7 @@ def _opening(
     retention: Mapping[str, RetentionSummary],
     protocol: Mapping[str, Any] | None,
     clicks: ClicksReport | None = None,
+    methods: MethodReport | None = None,
 ) -> list[str]:
     """Title, procedural warning, the recommendation, then scope and protocol."""
     out = [f"# SpecialSAM report: task `{task}`", ""]
@@ -102,9 +119,11 @@ def _opening(
             "> **Procedural data**: the real dataset was absent; these numbers demonstrate the method only.",
             "",
         ]
-    rec = recommendation(br, dr, retention, data_kind, include_scope=False, health=health, clicks=clicks)
+    rec = recommendation(
+        br, dr, retention, data_kind, include_scope=False, health=health, clicks=clicks, methods=methods
+    )
     out += ["## Recommendation", "", rec, ""]
-    out += ["## Scope and protocol", "", scope_statement(data_kind), ""]
+    out += ["## Scope and protocol", "", scope_statement(data_kind, methods), ""]
     if protocol:
         out += ["| setting | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in protocol.items()), ""]
     return out
@@ -151,6 +170,73 @@ def _baseline_section(br: BaselineRuleReport, calibrate_cmd: str) -> list[str]:
         for m, s in br.selections.items()
     ]
     out += ["", f"Crossover: {br.crossover.describe()}.", "", "![gain vs baseline](gain_vs_baseline.png)", ""]
+    return out
+
+
+def _bytes(v: float | None) -> str:
+    if v is None:
+        return "-"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if v >= size:
+            return f"{v / size:.1f} {unit}"
+    return f"{v:.0f} B"
+
+
+def _method_table(mr: MethodReport, model: str) -> list[str]:
+    """One model's methods side by side, cheapest first, then the pick and what would change it."""
+    mm = mr.models[model]
+    out = [
+        f"### `{model}`",
+        "",
+        "| method | gain (95% CI) | retention change | trainable params | trial s | cache bytes/image |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in mm.rows:
+        params = "-" if r.trainable_params is None else f"{r.trainable_params:,.0f}"
+        secs = "-" if r.trial_seconds is None else f"{r.trial_seconds:.1f}"
+        ret = "-" if r.retention_change is None else f"{r.retention_change:+.3f}"
+        gain = "-" if r.gain is None else r.gain.fmt()
+        out.append(f"| {r.method} | {gain} | {ret} | {params} | {secs} | {_bytes(r.cache_bytes)} |")
+    out += ["", f"- {mm.pick_line()}"]
+    if not mm.decoder_enough:
+        out.append(f"- {mm.decoder_note}")
+    out.append(f"- What would change it: {mm.would_change}")
+    out += [f"- Costs of `{r.method}`: {r.cost_scope}" for r in mm.rows if not r.costs_from_selection]
+    return [*out, ""]
+
+
+def _method_section(mr: MethodReport) -> list[str]:
+    """Which way to fine-tune each model: the method table, the pick, the rules per method."""
+    out = [
+        "## Which way to fine-tune (method)",
+        "",
+        "Each (model, method) arm was searched, given a learning curve and judged on its own (decoder: the "
+        "mask decoder on cached embeddings; lora: LoRA adapters in the image encoder's last blocks + the "
+        "decoder; full: those blocks, the neck and the decoder). Gain: the arm's selected configuration on "
+        f"the `{mr.primary_prompt}` prompt, 95% CI as in the baseline rule; retention change: as in the "
+        "retention section; trainable params, trial seconds (training + scoring) and cache bytes per image: "
+        f"medians over the selected configuration's trials. Pick: {mr.pick_rule}.",
+        "",
+    ]
+    for model in mr.models:
+        out += _method_table(mr, model)
+    out += [
+        "Rules judged per method (over that method's arms; each cell and curve decided after Holm across "
+        "all arms):",
+        "",
+        "| method | baseline rule | data rule |",
+        "|---|---|---|",
+        *(
+            f"| {v.method} | {v.baseline_rule} ({v.n_cells} cell(s)) | "
+            f"{v.data_rule} ({v.n_curves} curve(s)) |"
+            for v in mr.verdicts
+        ),
+        "",
+        *(f"- {n}" for n in mr.notes),
+        *([""] if mr.notes else []),
+        f"![gain per method]({METHOD_PLOT})",
+        "",
+    ]
     return out
 
 
@@ -371,9 +457,11 @@ def _markdown(
     spread: Sequence[TuneSpread] = (),
     calibrate_cmd: str = "python -m specialsam.calibrate",
     clicks: ClicksReport | None = None,
+    methods: MethodReport | None = None,
 ) -> str:
-    out = _opening(task, data_kind, br, dr, health, retention, protocol, clicks)
+    out = _opening(task, data_kind, br, dr, health, retention, protocol, clicks, methods)
     out += _baseline_section(br, calibrate_cmd)
+    out += _method_section(methods) if methods else []
     out += _clicks_section(clicks) if clicks else []
     out += _tune_section(spread)
     out += _data_section(dr, calibrate_cmd)
@@ -414,8 +502,10 @@ def write_report(
     n_seeds = max((len(p.per_seed) for cv in dr.curves.values() for p in cv.points), default=0)
     cmd = calibrate_command(dr, br, n_seeds, check_alignment(baselines, trials) or 0)
     cr = clicks_rule(baselines, br.selections, primary_prompt, threshold, click_protocol, n_boot, seed)
+    mr = method_report(br, dr, trials)
+    spread = tune_spread(trials)
     text = _markdown(
-        task, data_kind, br, dr, health, retention, protocol, extras, categories, tune_spread(trials), cmd, cr
+        task, data_kind, br, dr, health, retention, protocol, extras, categories, spread, cmd, cr, mr
     )
     report_md.write_text(text, encoding="utf-8")
     gain_plot = plots.plot_gain_vs_baseline(
@@ -432,6 +522,9 @@ def write_report(
     cat_plot = None
     if categories:
         cat_plot = plots.plot_category_bars(categories, out_dir / CATEGORY_PLOT, f"{task}: mIoU per category")
+    method_plot, rec = None, recommended_cell(br, mr)
+    if mr is not None:
+        method_plot = plots.plot_method_gains(mr, out_dir / METHOD_PLOT, f"{task}: gain per method")
     return ReportFiles(
         report_md,
         gain_plot,
@@ -444,4 +537,7 @@ def write_report(
         cr,
         clicks_plot,
         cat_plot,
+        mr,
+        method_plot,
+        arm_method(rec.model) if rec is not None and rec.gain.lo > 0 else "none",
     )

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from specialsam.analysis.baseline_rule import BaselineRuleReport
     from specialsam.analysis.clicks_rule import ClicksReport
     from specialsam.analysis.data_rule import DataRuleReport
+    from specialsam.analysis.methods import MethodReport
     from specialsam.analysis.summaries import BreakdownRow
     from specialsam.analysis.survey import SurveyCell
 
@@ -153,6 +154,35 @@ def plot_clicks_curve(report: ClicksReport, path: Path, title: str = "mIoU vs cl
         ax.text(0.5, 0.5, "no interactive evaluation", ha="center", transform=ax.transAxes)
     ax.set_xlabel("interactions (1 = the prompt, then corrective clicks)")
     ax.set_ylabel(f"test mIoU ({report.prompt} first)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="best")
+    return _save(fig, path)
+
+
+def plot_method_gains(report: MethodReport, path: Path, title: str = "gain per method") -> Path:
+    """Gain (95% CI) of each method, grouped by model, cheapest method left; the pick is ringed.
+    Methods whose CIs overlap the best one's estimate are interchangeable by the pick rule."""
+    fig, ax = _figure((max(5.0, 1.8 * len(report.models) + 3.0), 4.5))
+    methods = list(dict.fromkeys(r.method for mm in report.models.values() for r in mm.rows))
+    colors = _colors(methods)
+    width = 0.8 / max(len(methods), 1)
+    for x, mm in enumerate(report.models.values()):
+        for r in mm.rows:
+            if r.gain is None:
+                continue
+            xi = x - 0.4 + width * (methods.index(r.method) + 0.5)
+            g = r.gain
+            ax.errorbar(xi, g.mean, yerr=[[g.mean - g.lo], [g.hi - g.mean]], fmt="o", color=colors[r.method],
+                        capsize=3, ms=6)  # fmt: skip
+            if r is mm.pick:
+                ax.plot(xi, g.mean, "o", ms=14, mfc="none", mec="k", mew=1.2)
+    for m, col in colors.items():
+        ax.plot([], [], "o", color=col, label=m)
+    ax.plot([], [], "o", ms=10, mfc="none", mec="k", label="pick")
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.set_xticks(range(len(report.models)), list(report.models), fontsize=8)
+    ax.set_xlim(-0.6, len(report.models) - 0.4)
+    ax.set_ylabel(f"gain over zero-shot (mIoU, {report.primary_prompt} prompt, 95% CI)")
     ax.set_title(title)
     ax.legend(fontsize=7, loc="best")
     return _save(fig, path)
