@@ -377,9 +377,17 @@ def test_export_loads_with_the_official_builders(name, tmp_path, vit_t):
     "model,settings,words",
     [
         ("vit_b", MethodSettings("lora", rank=0), "rank must be a whole number >= 1"),
-        ("vit_b", MethodSettings("lora", blocks=13), "has 12 blocks; blocks (L) must be in [1, 12], got 13"),
+        (
+            "vit_b",
+            MethodSettings("lora", blocks=13),
+            "has 12 blocks; the tuned blocks L (method.blocks) must be in [1, 12], got 13",
+        ),
         ("vit_b", MethodSettings("full", blocks=0), "must be in [1, 12], got 0"),
-        ("vit_b", MethodSettings("lora", targets=("q", "conv")), "target 'conv' is not in vit_b's last 12"),
+        (
+            "vit_b",
+            MethodSettings("lora", targets=("q", "conv")),
+            "target 'conv' (method.targets) is not in vit_b's last 12",
+        ),
         ("tiny-m", MethodSettings("lora", blocks=1, targets=("conv",)), "targets there: q, k, v, proj, mlp"),
         ("tiny-s", MethodSettings("adapter"), "unknown fine-tuning method 'adapter'"),
         ("vit_b", MethodSettings("lora", alpha=0.0), "alpha must be > 0"),

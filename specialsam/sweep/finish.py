@@ -157,9 +157,12 @@ def finish_report(
 
 
 def headline_cell(rep, primary: str):
-    """The recommended model's primary-prompt cell: the highest gain CI lower bound (None: no gains)."""
-    cells = [c for c in rep.baseline_report.cells if c.prompt == primary and c.gain is not None]
-    return max(cells, key=lambda c: c.gain.lo) if cells else None
+    """The recommended arm's primary-prompt cell (``summaries.recommended_cell``: the highest gain CI
+    lower bound, moved to its model's cheapest method within the best method's CI); None: no gains."""
+    from specialsam.analysis.summaries import recommended_cell
+
+    cell = recommended_cell(rep.baseline_report, rep.method_report)
+    return cell if cell is not None and cell.prompt == primary else None
 
 
 def log_parent_summary(tracker: Tracker, parent: str, rep, primary: str) -> None:
