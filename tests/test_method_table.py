@@ -22,7 +22,7 @@ from specialsam.analysis.results import (
 )
 from specialsam.analysis.stats import GainCI
 from specialsam.analysis.summaries import recommendation, recommended_cell, retention_summary
-from specialsam.arms import arm_name
+from specialsam.arms import arm_name, split_arm
 from specialsam.report.markdown import write_report
 
 N_IMG = 80
@@ -44,7 +44,7 @@ def arm_sweep(gains, *, img_sd=0.02, seed_sd=0.002, base=0.5, data_seed=0):
     for arm, gain in gains.items():
         baselines.append(BaselineResult(arm, "center", base + eff))
         per_n = gain if isinstance(gain, tuple) else (gain,) * len(GRID)
-        method = arm.partition("+")[2] or "decoder"
+        method = split_arm(arm)[1]
         for n, g in zip(GRID, per_n, strict=True):
             for s, off in enumerate((-seed_sd, 0.0, seed_sd)):
                 noise = rng.normal(0.0, img_sd, N_IMG)
@@ -102,22 +102,22 @@ def test_pick_is_full_when_its_ci_is_clearly_above_the_others():
     text = recommendation(br, None, retention_summary(br.selections), methods=mr)
     assert text.startswith("**Fine-tune** `tiny-m` with `full` (decoder-only is not enough: its gain +0.020")
     assert (
-        "(`tiny-m+full`, selected configuration): general-purpose mIoU 0.560 vs 0.660 for the base model"
+        "(`tiny-m:full`, selected configuration): general-purpose mIoU 0.560 vs 0.660 for the base model"
         in text
     )
     assert (
-        "Also helped: `tiny-s+lora` +0.030" in text and "`tiny-s` +" not in text
+        "Also helped: `tiny-s:lora` +0.030" in text and "`tiny-s` +" not in text
     )  # other models: their pick
 
 
 def test_pick_is_the_cheapest_within_the_best_ci_and_the_recommendation_follows_it():
-    b, t = arm_sweep({**arms("tiny-m", 0.020, 0.1195, 0.120)}, img_sd=0.03)
+    b, t = arm_sweep({**arms("tiny-m", 0.020, 0.1195, 0.124)}, img_sd=0.03)
     br, mr = report(b, t)
     m = mr.models["tiny-m"]
     assert m.best.method == "full" and m.pick.method == "lora"
     best_by_ci = max((c for c in br.cells if c.gain is not None), key=lambda c: c.gain.lo)
-    assert best_by_ci.model == "tiny-m+full"  # the old choice would have recommended full
-    assert recommended_cell(br, mr).model == "tiny-m+lora"
+    assert best_by_ci.model == "tiny-m:full"  # the old choice would have recommended full
+    assert recommended_cell(br, mr).model == "tiny-m:lora"
     assert (
         m.pick_line()
         == f"pick: lora — cheapest method within the best method's CI (full {m.best.gain.fmt()})"
@@ -142,7 +142,7 @@ def test_a_pick_must_itself_be_shown_above_zero_when_the_best_is():
 def test_table_values_are_medians_of_the_selected_configuration():
     b, t = arm_sweep(arms("tiny-m", 0.05, 0.06, 0.07))
     for x in t:  # lora's selected configuration (n = 5,000) recorded no seconds: older records
-        if x.model == "tiny-m+lora" and x.n_train == 5000:
+        if x.model == "tiny-m:lora" and x.n_train == 5000:
             x.trial_seconds = None
     br, mr = report(b, t)
     rows = {r.method: r for r in mr.models["tiny-m"].rows}
@@ -166,7 +166,7 @@ def test_rules_are_judged_per_method():
     v = {x.method: x for x in method_report(br, dr, t).verdicts}
     assert (v["decoder"].baseline_rule, v["full"].baseline_rule) == (INCONCLUSIVE, SUPPORTED)
     assert (v["decoder"].n_cells, v["decoder"].n_curves) == (2, 2)
-    assert dr.curves["tiny-m+lora"].verdict == CONTRADICTED and dr.curves["tiny-s+lora"].verdict == SUPPORTED
+    assert dr.curves["tiny-m:lora"].verdict == CONTRADICTED and dr.curves["tiny-s:lora"].verdict == SUPPORTED
     assert v["lora"].data_rule == CONTRADICTED  # one contradicting arm decides the method
     assert (v["decoder"].data_rule, v["full"].data_rule) == (INCONCLUSIVE, SUPPORTED)
 
@@ -196,7 +196,7 @@ def test_report_has_the_method_section_its_plot_and_tags(tmp_path):
     )
     header = "| method | gain (95% CI) | retention change | trainable params | trial s | cache bytes/image |"
     assert md.count(header) == 2 and md.index("### `tiny-m`") < md.index("### `tiny-s`")
-    full = files.baseline_report.cell("tiny-m+full", "center").gain
+    full = files.baseline_report.cell("tiny-m:full", "center").gain
     assert f"| full | {full.fmt()} | -0.100 | 40,000 | 20.0 | 256.0 KiB |" in md
     assert "| decoder | " in md and "| -0.060 | 4,000 | 20.0 | 64.0 KiB |" in md
     assert f"- pick: full — the best method ({full.fmt()})" in md
