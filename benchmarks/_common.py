@@ -126,3 +126,13 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def run_and_save(args, run) -> int:
+    """A benchmark's main tail: ``run(args)``, its result written to ``--json`` when given."""
+    import json
+
+    result = run(args)
+    if getattr(args, "json", None):
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0

@@ -26,14 +26,13 @@ check the printed load average.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import machine_info, markdown_table, median, time_repeats
+from _common import machine_info, markdown_table, median, run_and_save, time_repeats
 
 from specialsam.device import DeviceChoice, select_device
 from specialsam.finetune.activations import (
@@ -233,11 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path)
-    args = ap.parse_args(argv)
-    result = run(args)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
-    return 0
+    return run_and_save(ap.parse_args(argv), run)
 
 
 if __name__ == "__main__":

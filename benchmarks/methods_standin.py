@@ -14,14 +14,13 @@ trial seconds. Not a sweep: one fixed lr per method, no search; the sweep's phas
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import machine_info, markdown_table
+from _common import machine_info, markdown_table, run_and_save
 
 from specialsam.device import select_device
 from specialsam.finetune.activations import ActivationCache, CachedActivations, precompute_activations
@@ -153,11 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--retention", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path)
-    args = ap.parse_args(argv)
-    result = run(args)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
-    return 0
+    return run_and_save(ap.parse_args(argv), run)
 
 
 if __name__ == "__main__":

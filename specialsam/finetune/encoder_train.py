@@ -22,6 +22,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +41,11 @@ from specialsam.finetune.train import (
     TrainResult,
     _Batch,
     _health,
-    _lr_factor,
-    _make_batch,
+    _Run,
+    _start_run,
+    _train_epoch,
     batch_logits,
     check_validation,
-    decoder_optimizer,
-    micro_batch_size,
     unchanged,
     validation_miou,
 )
@@ -158,74 +158,9 @@ def _validate(sam: Sam, plan: MethodPlan, val: Split, source: ActivationSource, 
         tail_train_mode(sam.image_encoder, True)
 
 
-@dataclass
-class _Loop:
-    sam: Sam
-    plan: MethodPlan
-    cfg: TrainConfig
-    dev: DeviceChoice
-    opt: torch.optim.Optimizer
-    total: int
-    warmup: int
-    micro: int
-    side: int
-    res: int
-    step: int = 0
-    seen: int = 0
-    step_losses: list[float] = field(default_factory=list)
-
-
-def _step(loop: _Loop, batch: _Batch, epoch: int) -> float:
-    cfg = loop.cfg
-    for g in loop.opt.param_groups:
-        g["lr"] = cfg.lr * _lr_factor(loop.step, loop.total, loop.warmup)
-    loop.opt.zero_grad(set_to_none=True)
-    loss = encoder_step_gradients(loop.sam, loop.plan, batch.emb, batch, cfg, loop.dev, loop.res, loop.micro)
-    if not torch.isfinite(loss):
-        raise TrainingFailed(
-            f"loss became {float(loss)} at step {loop.step} (epoch {epoch}); lr {cfg.lr:g} is likely too high"
-        )
-    if cfg.grad_clip:
-        torch.nn.utils.clip_grad_norm_(loop.plan.params, cfg.grad_clip)
-    loop.opt.step()
-    loop.step += 1
-    loop.seen += len(batch.idx)
-    loop.step_losses.append(float(loss))
-    return loop.step_losses[-1]
-
-
-def _start(sam: Sam, plan: MethodPlan, pack: Pack, cfg: TrainConfig, dev: DeviceChoice, n: int) -> _Loop:
-    total = math.ceil(n / cfg.batch_size) * cfg.epochs
-    total = min(total, cfg.max_steps) if cfg.max_steps else total
-    micro = micro_batch_size(cfg.micro_batch, sam.prompt_encoder.image_embedding_size[0], dev)
-    opt = decoder_optimizer(plan.params, cfg, dev.device)
-    return _Loop(
-        sam,
-        plan,
-        cfg,
-        dev,
-        opt,
-        total,
-        max(1, int(cfg.warmup_fraction * total)),
-        micro,
-        pack.side,
-        pack.loss_res,
-    )
-
-
-def _epoch(loop: _Loop, train, indices, rng: np.random.Generator, epoch: int, fault_hook) -> list[float]:
-    """One pass over the training indices in a fresh order (as ``train._train_epoch``)."""
-    order, losses, n = rng.permutation(indices), [], loop.cfg.batch_size
-    for b in range(0, len(order), n):
-        if loop.step >= loop.total:
-            break
-        batch = _make_batch(train, [int(i) for i in order[b : b + n]], rng, loop.cfg, loop.side, loop.res)
-        if batch is None:
-            continue
-        losses.append(_step(loop, batch, epoch))
-        if fault_hook is not None:
-            fault_hook(loop.step)
-    return losses
+def _tail_gradients(plan: MethodPlan, run: _Run, batch: _Batch) -> torch.Tensor:
+    """``train._Run.gradients`` of lora / full: the batch's activations through the tail, then the decoder."""
+    return encoder_step_gradients(run.sam, plan, batch.emb, batch, run.cfg, run.dev, run.res, run.micro)
 
 
 def train_with_method(
@@ -249,7 +184,7 @@ def train_with_method(
     indices = pack.train_indices(cfg.n_train)
     primary = pack.manifest["primary"]
     check_validation(val, primary)
-    loop = _start(sam, plan, pack, cfg, dev, len(indices))
+    loop = _start_run(sam, pack, cfg, dev, len(indices), plan.params, partial(_tail_gradients, plan))
     tail_train_mode(sam.image_encoder, True)
     start_state = tuned_state(sam, plan)
     best_state, best_val, best_epoch, since_best = start_state, -1.0, -1, 0
@@ -259,7 +194,7 @@ def train_with_method(
         for epoch in range(cfg.epochs):
             if loop.step >= loop.total:
                 break
-            losses = _epoch(loop, train, indices, rng, epoch, fault_hook)
+            losses = _train_epoch(loop, train, indices, rng, epoch, fault_hook)
             val_miou = _validate(sam, plan, val, source, primary, dev)
             if not math.isfinite(val_miou):
                 raise TrainingFailed(f"validation mIoU became {val_miou} at epoch {epoch}")

@@ -352,11 +352,23 @@ class _Run:
     step: int = 0
     seen: int = 0
     step_losses: list[float] = field(default_factory=list)
+    gradients: Callable[[_Run, _Batch], torch.Tensor] | None = None
+    """Forward + backward of one batch, returning its loss; None: the decoder on cached embeddings
+    (``accumulate_gradients``). ``encoder_train`` sets the encoder-tail version."""
 
 
-def _start_run(sam: Sam, pack: Pack, cfg: TrainConfig, dev: DeviceChoice, n_indices: int) -> _Run:
-    """The optimizer over the decoder and the step budget (warmup + cosine follow it)."""
-    params = trainable_decoder(sam)
+def _start_run(
+    sam: Sam,
+    pack: Pack,
+    cfg: TrainConfig,
+    dev: DeviceChoice,
+    n_indices: int,
+    params: list[torch.nn.Parameter] | None = None,
+    gradients: Callable[[_Run, _Batch], torch.Tensor] | None = None,
+) -> _Run:
+    """The optimizer over ``params`` (default: the decoder's) and the step budget (warmup + cosine
+    follow it)."""
+    params = trainable_decoder(sam) if params is None else params
     opt = decoder_optimizer(params, cfg, dev.device)
     steps_per_epoch = math.ceil(n_indices / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
@@ -373,6 +385,23 @@ def _start_run(sam: Sam, pack: Pack, cfg: TrainConfig, dev: DeviceChoice, n_indi
         micro=micro_batch_size(cfg.micro_batch, sam.prompt_encoder.image_embedding_size[0], dev),
         side=pack.side,
         res=pack.loss_res,
+        gradients=gradients,
+    )
+
+
+def _decoder_gradients(run: _Run, batch: _Batch) -> torch.Tensor:
+    return accumulate_gradients(
+        run.sam,
+        batch.emb,
+        batch.coords,
+        batch.labels,
+        batch.target,
+        batch.valid,
+        run.cfg,
+        run.dev,
+        run.res,
+        run.micro,
+        batch.clicks,
     )
 
 
@@ -382,19 +411,7 @@ def _optimizer_step(run: _Run, batch: _Batch, epoch: int) -> float:
     for g in run.opt.param_groups:
         g["lr"] = cfg.lr * _lr_factor(run.step, run.total, run.warmup)
     run.opt.zero_grad(set_to_none=True)
-    loss = accumulate_gradients(
-        run.sam,
-        batch.emb,
-        batch.coords,
-        batch.labels,
-        batch.target,
-        batch.valid,
-        cfg,
-        run.dev,
-        run.res,
-        run.micro,
-        batch.clicks,
-    )
+    loss = (run.gradients or _decoder_gradients)(run, batch)
     if not torch.isfinite(loss):
         raise TrainingFailed(
             f"loss became {float(loss)} at step {run.step} (epoch {epoch}); lr {cfg.lr:g} is likely too high"
