@@ -8,7 +8,8 @@ key, with a "did you mean" suggestion for typos::
     sweeps/carpet.yaml: search.space.lr.low must be > 0 (got 0)
     --set search.num_samples=0: search.num_samples must be >= 1 (got 0)
 
-The parts: :mod:`~specialsam.config.schema` (the models, and :func:`train_config`, which turns
+The parts: :mod:`~specialsam.config.schema` (the whole config and its checks across sections),
+:mod:`~specialsam.config.sections` (one model per section, and :func:`train_config`, which turns
 ``train:`` plus a trial's parameters into its ``TrainConfig``), :mod:`~specialsam.config.loading`
 (YAML, ``smoke:``, ``--set``, the shipped configs) and ``_text`` (error wording).
 """
