@@ -7,6 +7,8 @@ pretrained decoder (baseline), fine-tunes the decoder, scores it again, and prin
 specialised mIoU per prompt strategy with a bootstrap 95% CI of the gain over test images.
 ``--baseline-only`` encodes the test sets alone and prints the zero-shot mIoU the baseline rule
 reads (e.g. to check a task, or new tiny weights, against the 75% threshold in about a minute).
+``--method lora`` (or ``full``) tunes the image encoder's last blocks too, on activations cached
+once per image (as a sweep's lora / full arms do).
 ``--config sweeps/<task>.yaml`` takes the task, data, training and scoring settings from a sweep
 config, so the figures are that sweep's (the CLI's own defaults differ, e.g. image sizes).
 """
@@ -24,12 +26,15 @@ from typing import Any
 import torch
 
 from specialsam.analysis.baseline_rule import predicted_outcome
+from specialsam.arms import METHODS
 from specialsam.config import EvalSettings, RuleSettings, SweepConfig, load_config, parse_override
 from specialsam.device import DeviceChoice, select_device
 from specialsam.errors import UserError, check_writable_dir, cli_errors
 from specialsam.finetune.cache import EmbeddingCache, default_cache_dir
+from specialsam.finetune.encoder_train import run_method_trial
 from specialsam.finetune.evaluate import Scores, bootstrap_ci
-from specialsam.finetune.pack import Pack, PackSettings, build_pack, model_identity
+from specialsam.finetune.methods import MethodSettings, check_method, validate_method
+from specialsam.finetune.pack import Pack, PackSettings, build_pack, model_identity, pack_splits
 from specialsam.finetune.pipeline import DecoderScores, Scoring, TrialRun, run_trial, score_decoder
 from specialsam.finetune.train import TrainConfig
 from specialsam.models.registry import MODEL_NAMES, load_model
@@ -386,6 +391,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="interactive evaluation of the primary prompt: mIoU after these many interactions "
         "(then simulated corrective clicks) and clicks to 85/90%% IoU; none turns it off",
     )
+    ap.add_argument("--method", default="decoder", choices=METHODS, help="what trains (default: decoder)")
+    ap.add_argument("--blocks", type=int, help="lora / full: the last L encoder blocks tuned (default: all)")
+    ap.add_argument("--rank", type=int, default=4, help="lora: adapter rank (default: 4)")
+    ap.add_argument("--targets", default="q,v", help="lora: comma list of q k v proj mlp conv (default: q,v)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
@@ -417,6 +426,10 @@ def main(argv: list[str] | None = None) -> None:
         feed_logits=ev.feeds_logits(args.model),
     )
     dev = select_device(args.device)
+    method = MethodSettings(
+        args.method, args.blocks, args.rank, targets=tuple(t for t in args.targets.split(",") if t)
+    )
+    validate_method(args.model, method)  # before any encoding
     task, sam, info, pack = prepare_pack(
         setup.task,
         args.model,
@@ -444,10 +457,17 @@ def main(argv: list[str] | None = None) -> None:
         plain = dataclasses.replace(scoring, clicks=(), noc_thresholds=())  # the rule reads one prompt
         print(format_baseline(baseline_scores(sam, pack, plain, dev), setup.threshold))
         return
-    run = run_trial(sam, pack, cfg, scoring, dev)
+    if method.tunes_encoder:
+        check_method(sam, args.model, method)
+        splits = pack_splits(task, setup.pack, retention_samples(setup.retention) if setup.retention else ())
+        ident = model_identity(sam, args.model, info.sha256)
+        run = run_method_trial(sam, args.model, ident, splits, pack, method, cfg, scoring, dev)
+    else:
+        run = run_trial(sam, pack, cfg, scoring, dev)
     r = run.specialised.train
     print(
-        f"trained {r.steps} steps ({r.samples_seen} samples) in {r.seconds:.1f}s; best epoch {r.best_epoch} "
+        f"trained {r.steps} steps ({r.samples_seen} samples; method {args.method}) in {r.seconds:.1f}s; "
+        f"best epoch {r.best_epoch} "
         f"val mIoU {r.best_val_miou:.4f}; health {r.health_tag}"
     )
     print(

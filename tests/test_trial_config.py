@@ -102,6 +102,18 @@ def test_a_trial_encodes_only_the_training_samples_it_uses(tmp_path, capsys):
     assert manifest["n_train_pool"] == 8 and len(manifest["splits"]["train"]["keys"]) == 8
 
 
+def test_a_lora_trial_tunes_the_encoder_on_cached_activations(tmp_path, capsys):
+    common = ["--task", "carpet", "--model", "tiny-s", "--strategies", "center", "--cache-dir", str(tmp_path)]
+    small = [f"--set={kv}" for kv in SMALL]
+    with pytest.raises(SystemExit) as exc:  # checked before anything is encoded
+        main([*common, *small, "--method", "lora", "--rank", "0"])
+    assert exc.value.code == 2 and "LoRA rank must be a whole number >= 1" in capsys.readouterr().err
+    assert not list(tmp_path.glob("packs/*"))
+    main([*common, *small, "--n-train", "4", "--epochs", "2", "--max-steps", "2", "--method", "lora"])
+    assert "trained 2 steps (8 samples; method lora)" in capsys.readouterr().out
+    assert len(list(tmp_path.glob("activations/*/*.npy"))) > 0
+
+
 def test_clicks_flag_sets_or_turns_off_the_interactive_evaluation():
     from specialsam.config import EvalSettings
     from specialsam.trial import _click_settings

@@ -267,3 +267,28 @@ def specialise_with_method(
         tuned = tuned_pack(pack, plan, source, dev, Path(keep or d))
         scores = score_decoder(sam, tuned, scoring, dev)
     return Specialised(result, scores, time.time() - t0)
+
+
+def run_method_trial(
+    sam: Sam,
+    model: str,
+    identity,
+    splits: dict,
+    pack: Pack,
+    settings,
+    cfg: TrainConfig,
+    scoring,
+    dev: DeviceChoice,
+):
+    """``pipeline.run_trial`` for lora / full (the trial CLI): baseline, then the method on
+    activations cached for every image of the pack's ``splits`` (``identity``: the pack's model)."""
+    from specialsam.finetune.activations import ActivationCache, CachedActivations, fill_activations
+    from specialsam.finetune.methods import prepare_method
+    from specialsam.finetune.pipeline import TrialRun, score_decoder
+
+    baseline = score_decoder(sam, pack, scoring, dev)
+    plan = prepare_method(sam, model, settings)
+    cache = ActivationCache(pack.cache.root)
+    fill_activations(cache, sam, plan, identity, splits)
+    source = CachedActivations(cache, plan.start_name)
+    return TrialRun(baseline, specialise_with_method(sam, plan, pack, source, cfg, scoring, dev))

@@ -109,7 +109,7 @@ def trainable(config: dict[str, Any], ctx: SweepContext) -> None:
         except TrainingFailed as exc:
             tune.report({names.VAL_MIOU: 0.0, "failed": str(exc), "final": 1})
             return
-        record = _record(t, out, ctx.phase, config)
+        record = _record(t, out, ctx.phase)
         if t.plan is not None:  # after-overlays from the tuned encoder's embeddings
             thumbs = OverlayThumbs(t.sam, Pack(t.pack.folder, EmbeddingCache(tuned_dir)), t.scoring)
         with tempfile.TemporaryDirectory() as d:
@@ -163,7 +163,8 @@ def _specialise(t: _Trial, hook, tuned_dir: Path):
     )
 
 
-def _record(t: _Trial, out, phase: str, config: dict[str, Any]) -> TrialRecord:
+def _record(t: _Trial, out, phase: str) -> TrialRecord:
+    """The trial's record, with its method and what it cost (trainable parameters, cache bytes)."""
     from specialsam.finetune.methods import count_params, settings_record
     from specialsam.finetune.pipeline import trial_record
 
