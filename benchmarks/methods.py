@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/methods.py --quick         # tiny-s, tiny-m, short repeats
     .venv/bin/python benchmarks/methods.py --models tiny-s,tiny-m,vit_t,vit_b --json methods.json
 
-(vit_b keeps five vit_b models and their steps alive to interleave them: > 10 GB of RAM.)
+(A SAM ViT's variants are timed one (cached, naive) pair at a time, so vit_b fits a 23 GB machine.)
 
 Variants, per model (random-init weights: speed does not depend on the weights), each one optimizer
 step on a batch of B different images (one point prompt each, 256-px loss), AdamW over what the
@@ -155,24 +155,44 @@ def _row(name: str, v: Variant, method: str, feed: str, L, rates: list[float]) -
     }
 
 
-def _time_model(name: str, args, mode: str, base_dev: DeviceChoice, root: Path) -> list[dict]:
-    """All variants of one model, their timed repeats interleaved (repeat r of every variant, then
-    r + 1), so that load from other jobs hits them alike and the ratios stay comparable."""
-    big = name.startswith("vit")
-    warm, reps, secs = {"smoke": (1, 1, 0.0), "quick": (1, 2, 2.0), "full": (1, 5, 4.0)}[mode]
-    if big:
-        warm, reps, secs = (0 if mode == "smoke" else 1), (1 if mode == "smoke" else 3), 0.0
-    batch = args.batch or (1 if big else 2 if mode == "smoke" else 8)
-    dev = base_dev.for_decoder(256 if big else 64)
-    specs = _variants(name, args.blocks)
-    vs = [Variant(name, m, f, L, batch, max(2 * batch, 4), dev, root / f"{m}-{f}") for m, f, L in specs]
+def _groups(specs: list, big: bool) -> list[list]:
+    """Variants alive at once: all of a tiny model; for a SAM ViT one (cached, naive) pair at a time
+    (five vit_b models with their steps' saved attention maps do not fit 23 GB of RAM)."""
+    if not big:
+        return [specs]
+    return [[s for s in specs if s[0] == m] for m in ("decoder", "lora", "full")]
+
+
+def _time_group(vs: list[Variant], dev, warm: int, reps: int, secs: float) -> list[list[float]]:
+    """Timed repeats of variants interleaved (repeat r of every variant, then r + 1), so that load
+    from other jobs hits them alike and their ratios stay comparable."""
     rates: list[list[float]] = [[] for _ in vs]
     for v in vs:
         time_repeats(v.step, dev.device, warm, 0, 0.0)
     for _ in range(reps):
         for v, r in zip(vs, rates):
             r += time_repeats(v.step, dev.device, 0, 1, secs)
-    rows = [_row(name, v, m, f, L, r) for v, (m, f, L), r in zip(vs, specs, rates)]
+    return rates
+
+
+def _time_model(name: str, args, mode: str, base_dev: DeviceChoice, root: Path) -> list[dict]:
+    """All variants of one model; cached / naive is the median of per-repeat ratios of a pair."""
+    import gc
+
+    big = name.startswith("vit")
+    warm, reps, secs = {"smoke": (1, 1, 0.0), "quick": (1, 2, 2.0), "full": (1, 5, 4.0)}[mode]
+    if big:
+        warm, reps, secs = (0 if mode == "smoke" else 1), (1 if mode == "smoke" else 3), 0.0
+    batch = args.batch or (1 if big else 2 if mode == "smoke" else 8)
+    dev = base_dev.for_decoder(256 if big else 64)
+    rows, rates = [], []
+    for group in _groups(_variants(name, args.blocks), big):
+        vs = [Variant(name, m, f, L, batch, max(2 * batch, 4), dev, root / f"{m}-{f}") for m, f, L in group]
+        got = _time_group(vs, dev, warm, reps, secs)
+        rows += [_row(name, v, m, f, L, r) for v, (m, f, L), r in zip(vs, group, got)]
+        rates += got
+        del vs
+        gc.collect()
     for row, r in zip(rows, rates):
         naive = [rates[i] for i, x in enumerate(rows) if (x["method"], x["feed"]) == (row["method"], "naive")]
         row["cached_vs_naive"] = (
