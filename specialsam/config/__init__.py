@@ -22,12 +22,14 @@ from specialsam.config.loading import (
     load_config,
     parse_override,
 )
-from specialsam.config.schema import (
+from specialsam.config.schema import SweepConfig
+from specialsam.config.sections import (
     LOSS_WEIGHTS,
     SPACE_KEYS,
     SWEEP_TRAIN_DEFAULTS,
     CurveSettings,
     EvalSettings,
+    MethodSettingsConfig,
     Param,
     ResourceSettings,
     RuleSettings,
@@ -35,7 +37,6 @@ from specialsam.config.schema import (
     SearcherSettings,
     SearchSettings,
     StorageSettings,
-    SweepConfig,
     TrainSettings,
     train_config,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "SWEEP_TRAIN_DEFAULTS",
     "CurveSettings",
     "EvalSettings",
+    "MethodSettingsConfig",
     "Param",
     "ResourceSettings",
     "RuleSettings",

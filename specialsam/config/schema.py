@@ -27,19 +27,14 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_valid
 
 from specialsam.arms import METHODS, arm_method, arm_name
 from specialsam.config._text import _Bad, _describe, _suggest, _unknown
-from specialsam.config.sections import (  # noqa: F401 - re-exported: the config's public names
-    LORA_TARGETS,
-    LOSS_WEIGHTS,
+from specialsam.config.sections import (
     SPACE_KEYS,
-    SWEEP_TRAIN_DEFAULTS,
     CurveSettings,
     EvalSettings,
     MethodSettingsConfig,
     Param,
     ResourceSettings,
     RuleSettings,
-    SchedulerSettings,
-    SearcherSettings,
     SearchSettings,
     StorageSettings,
     TrainSettings,
