@@ -18,7 +18,6 @@ tuned model unchanged (:func:`tuned_pack`).
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,17 +36,16 @@ from specialsam.finetune.methods import MethodPlan, load_tuned_state, tuned_stat
 from specialsam.finetune.pack import Pack, Split
 from specialsam.finetune.train import (
     TrainConfig,
-    TrainingFailed,
     TrainResult,
     _Batch,
+    _epoch_metrics,
     _health,
     _Run,
     _start_run,
-    _train_epoch,
     batch_logits,
     check_validation,
+    run_epochs,
     unchanged,
-    validation_miou,
 )
 from specialsam.models.encoder_steps import tail_train_mode
 from specialsam.models.headless import decoder_state
@@ -150,12 +148,19 @@ class _TunedSplit(_ActivationSplit):
         return tuned_embeddings(self._plan, self._source, [self._split.emb_keys[i] for i in idx], self._dev)
 
 
-def _validate(sam: Sam, plan: MethodPlan, val: Split, source: ActivationSource, primary: str, dev) -> float:
-    tail_train_mode(sam.image_encoder, False)  # eval; TinyViT's attention bias copy refreshed
-    try:
-        return validation_miou(sam, _TunedSplit(val, source, plan, dev), primary, dev)  # type: ignore[arg-type]
-    finally:
-        tail_train_mode(sam.image_encoder, True)
+def _tail_metrics(run: _Run, plan: MethodPlan, val: Split, source: ActivationSource, primary: str, t0: float):
+    """``run_epochs``' validation: the encoder in eval mode (TinyViT's attention-bias copy refreshed)
+    embeds the validation split, then back to train mode."""
+
+    def validate(epoch: int, losses: list[float]) -> dict[str, float]:
+        tail_train_mode(run.sam.image_encoder, False)
+        try:
+            split = _TunedSplit(val, source, plan, run.dev)
+            return _epoch_metrics(run, split, primary, epoch, losses, t0)  # type: ignore[arg-type]
+        finally:
+            tail_train_mode(run.sam.image_encoder, True)
+
+    return validate
 
 
 def _tail_gradients(plan: MethodPlan, run: _Run, batch: _Batch) -> torch.Tensor:
@@ -187,40 +192,33 @@ def train_with_method(
     loop = _start_run(sam, pack, cfg, dev, len(indices), plan.params, partial(_tail_gradients, plan))
     tail_train_mode(sam.image_encoder, True)
     start_state = tuned_state(sam, plan)
-    best_state, best_val, best_epoch, since_best = start_state, -1.0, -1, 0
-    history: list[dict[str, float]] = []
-    t0, stopped_early = time.time(), False
+    t0 = time.time()
     try:
-        for epoch in range(cfg.epochs):
-            if loop.step >= loop.total:
-                break
-            losses = _train_epoch(loop, train, indices, rng, epoch, fault_hook)
-            val_miou = _validate(sam, plan, val, source, primary, dev)
-            if not math.isfinite(val_miou):
-                raise TrainingFailed(f"validation mIoU became {val_miou} at epoch {epoch}")
-            m = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                 "val_miou": val_miou, "steps": loop.step, "seconds": time.time() - t0}  # fmt: skip
-            history.append(m)
-            if val_miou > best_val:
-                best_val, best_epoch, since_best, best_state = val_miou, epoch, 0, tuned_state(sam, plan)
-            else:
-                since_best += 1
-            if (on_epoch is not None and on_epoch(epoch, m)) or (cfg.patience and since_best >= cfg.patience):
-                stopped_early = True
-                break
+        kept = run_epochs(
+            loop,
+            train,
+            indices,
+            rng,
+            _tail_metrics(loop, plan, val, source, primary, t0),
+            lambda: tuned_state(sam, plan),
+            start_state,
+            on_epoch,
+            fault_hook,
+        )
     finally:
         tail_train_mode(sam.image_encoder, False)
-    load_tuned_state(sam, best_state)
+    load_tuned_state(sam, kept.state)
     tail_train_mode(sam.image_encoder, False)  # TinyViT: attention-bias copies from the kept weights
     for p in sam.parameters():
         p.requires_grad_(False)
-    health = _health(history, loop.step_losses)
-    if unchanged(start_state, best_state):
+    health = _health(kept.history, loop.step_losses)
+    if unchanged(start_state, kept.state):
         health.append("unchanged")
     return MethodTrainResult(
-        decoder_state=decoder_state(sam), history=history, best_epoch=best_epoch, best_val_miou=best_val,
-        steps=loop.step, seconds=time.time() - t0, health=health, stopped_early=stopped_early,
-        samples_seen=loop.seen, tuned=copy.copy(best_state), method=plan.settings.method,
+        decoder_state=decoder_state(sam), history=kept.history, best_epoch=kept.best_epoch,
+        best_val_miou=kept.best_val, steps=loop.step, seconds=time.time() - t0, health=health,
+        stopped_early=kept.stopped_early, samples_seen=loop.seen, tuned=copy.copy(kept.state),
+        method=plan.settings.method,
     )  # fmt: skip
 
 

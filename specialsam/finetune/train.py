@@ -22,8 +22,9 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -467,6 +468,51 @@ def _epoch_metrics(
     }
 
 
+@dataclass
+class Kept:
+    """What the epoch loop keeps: each epoch's metrics and the best epoch's state (validation mIoU)."""
+
+    state: Any
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_val: float = -1.0
+    best_epoch: int = -1
+    stopped_early: bool = False
+
+
+def run_epochs(
+    run: _Run,
+    train: Split,
+    indices: Sequence[int],
+    rng: np.random.Generator,
+    validate: Callable[[int, list[float]], dict[str, float]],
+    snapshot: Callable[[], Any],
+    initial: Any,
+    on_epoch: Callable[[int, dict[str, float]], bool | None] | None,
+    fault_hook: Callable[[int], None] | None,
+) -> Kept:
+    """Epochs until the step budget, ``patience`` or ``on_epoch`` ends them, each validated
+    (``validate(epoch, losses)`` -> ``_epoch_metrics``); keeps ``snapshot()`` of the best epoch
+    (``initial`` until one beats -1). Decoder-only and encoder-tail training share it."""
+    kept, since_best, cfg = Kept(initial), 0, run.cfg
+    for epoch in range(cfg.epochs):
+        if run.step >= run.total:
+            break
+        losses = _train_epoch(run, train, indices, rng, epoch, fault_hook)
+        metrics = validate(epoch, losses)
+        kept.history.append(metrics)
+        if metrics["val_miou"] > kept.best_val:
+            kept.best_val, kept.best_epoch, since_best = metrics["val_miou"], epoch, 0
+            kept.state = snapshot()
+        else:
+            since_best += 1
+        if (on_epoch is not None and on_epoch(epoch, metrics)) or (
+            cfg.patience and since_best >= cfg.patience
+        ):
+            kept.stopped_early = True
+            break
+    return kept
+
+
 def train_decoder(
     sam: Sam,
     pack: Pack,
@@ -492,44 +538,36 @@ def train_decoder(
     run = _start_run(sam, pack, cfg, dev, len(indices))
     check_validation(val, primary)
 
-    history: list[dict[str, float]] = []
-    best_state = copy.deepcopy(sam.mask_decoder.state_dict())
-    start_state = {k: v.detach().cpu().clone() for k, v in best_state.items()}
-    best_val, best_epoch, since_best = -1.0, -1, 0
+    initial = copy.deepcopy(sam.mask_decoder.state_dict())
+    start_state = {k: v.detach().cpu().clone() for k, v in initial.items()}
     t0 = time.time()
-    stopped_early = False
-    for epoch in range(cfg.epochs):
-        if run.step >= run.total:
-            break
-        losses = _train_epoch(run, train, indices, rng, epoch, fault_hook)
-        metrics = _epoch_metrics(run, val, primary, epoch, losses, t0)
-        history.append(metrics)
-        if metrics["val_miou"] > best_val:
-            best_val, best_epoch, since_best = metrics["val_miou"], epoch, 0
-            best_state = copy.deepcopy(sam.mask_decoder.state_dict())
-        else:
-            since_best += 1
-        if (on_epoch is not None and on_epoch(epoch, metrics)) or (
-            cfg.patience and since_best >= cfg.patience
-        ):
-            stopped_early = True
-            break
-    sam.mask_decoder.load_state_dict(best_state)
+    kept = run_epochs(
+        run,
+        train,
+        indices,
+        rng,
+        lambda epoch, losses: _epoch_metrics(run, val, primary, epoch, losses, t0),
+        lambda: copy.deepcopy(sam.mask_decoder.state_dict()),
+        initial,
+        on_epoch,
+        fault_hook,
+    )
+    sam.mask_decoder.load_state_dict(kept.state)
     for p in sam.parameters():
         p.requires_grad_(False)
-    final_state = {k: v.detach().cpu().clone() for k, v in best_state.items()}
-    health = _health(history, run.step_losses)
+    final_state = {k: v.detach().cpu().clone() for k, v in kept.state.items()}
+    health = _health(kept.history, run.step_losses)
     if unchanged(start_state, final_state):
         health.append("unchanged")
     return TrainResult(
         decoder_state=final_state,
-        history=history,
-        best_epoch=best_epoch,
-        best_val_miou=best_val,
+        history=kept.history,
+        best_epoch=kept.best_epoch,
+        best_val_miou=kept.best_val,
         steps=run.step,
         seconds=time.time() - t0,
         health=health,
-        stopped_early=stopped_early,
+        stopped_early=kept.stopped_early,
         samples_seen=run.seen,
     )
 
