@@ -54,6 +54,28 @@ def _suggest(name: str, candidates: Iterable[str], prefix: str = "") -> str:
     return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
 
 
+def _check_names(
+    names: Sequence[str],
+    known: Sequence[str],
+    noun: str,
+    empty: str,
+    listed_as: str = "choose from",
+    unique: bool = True,
+) -> None:
+    """A list setting drawn from a vocabulary (models, methods, prompt strategies, LoRA targets):
+    not empty (``{key} <empty>``), every name known (with a "did you mean"), none twice."""
+    if not names:
+        raise _Bad("", "{key} " + empty)
+    for i, name in enumerate(names):
+        if name not in known:
+            raise _Bad(
+                f"[{i}]",
+                f"{{key}}: unknown {noun} {name!r}{_suggest(name, known)}; {listed_as} {', '.join(known)}",
+            )
+    if unique and len(set(names)) != len(names):
+        raise _Bad("", f"{{key}} lists a {noun.split()[-1]} twice (got {list(names)})")
+
+
 def _unknown(full: str, candidates: Iterable[str]) -> str:
     head, _, last = full.rpartition(".")
     prefix = f"{head}." if head else ""

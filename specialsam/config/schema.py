@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from specialsam.arms import METHODS, arm_method, arm_name
-from specialsam.config._text import _Bad, _describe, _suggest, _unknown
+from specialsam.config._text import _Bad, _check_names, _describe, _suggest, _unknown
 from specialsam.config.sections import (
     SPACE_KEYS,
     CurveSettings,
@@ -83,32 +83,14 @@ class SweepConfig(_Model):
     @field_validator("models")
     @classmethod
     def _models(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise _Bad("", f"{{key}} must list at least one model ({', '.join(MODEL_NAMES)})")
-        for i, m in enumerate(v):
-            if m not in MODEL_NAMES:
-                raise _Bad(
-                    f"[{i}]",
-                    f"{{key}}: unknown model {m!r}{_suggest(m, MODEL_NAMES)}; known models: "
-                    f"{', '.join(MODEL_NAMES)}",
-                )
-        if len(set(v)) != len(v):
-            raise _Bad("", f"{{key}} lists a model twice (got {v})")
+        every = ", ".join(MODEL_NAMES)
+        _check_names(v, MODEL_NAMES, "model", f"must list at least one model ({every})", "known models:")
         return v
 
     @field_validator("methods")
     @classmethod
     def _methods(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise _Bad("", f"{{key}} must list at least one method ({', '.join(METHODS)})")
-        for i, m in enumerate(v):
-            if m not in METHODS:
-                raise _Bad(
-                    f"[{i}]",
-                    f"{{key}}: unknown method {m!r}{_suggest(m, METHODS)}; choose from {', '.join(METHODS)}",
-                )
-        if len(set(v)) != len(v):
-            raise _Bad("", f"{{key}} lists a method twice (got {v})")
+        _check_names(v, METHODS, "method", f"must list at least one method ({', '.join(METHODS)})")
         return [m for m in METHODS if m in v]
 
     @model_validator(mode="after")

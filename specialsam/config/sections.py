@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from specialsam.config._text import _Bad, _suggest
+from specialsam.config._text import _Bad, _check_names
 from specialsam.finetune.clicks import CLICKS, MAX_CLICKS, NOC_THRESHOLDS
 from specialsam.finetune.methods import DEFAULT_TARGETS
 from specialsam.finetune.train import MAX_CLICK_ROUNDS, SEARCHABLE, TrainConfig
@@ -302,17 +302,7 @@ class EvalSettings(_Model):
     @field_validator("strategies")
     @classmethod
     def _strategies(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise _Bad("", f"{{key}} must list at least one of {', '.join(STRATEGIES)}")
-        for i, s in enumerate(v):
-            if s not in STRATEGIES:
-                hint = _suggest(s, STRATEGIES)
-                raise _Bad(
-                    f"[{i}]",
-                    f"{{key}}: unknown prompt strategy {s!r}{hint}; choose from {', '.join(STRATEGIES)}",
-                )
-        if len(set(v)) != len(v):
-            raise _Bad("", f"{{key}} lists a strategy twice (got {v})")
+        _check_names(v, STRATEGIES, "prompt strategy", f"must list at least one of {', '.join(STRATEGIES)}")
         return v
 
     @model_validator(mode="after")
@@ -374,15 +364,13 @@ class MethodSettingsConfig(_Model):
     @field_validator("targets")
     @classmethod
     def _targets(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise _Bad("", f"{{key}} must name at least one of {', '.join(LORA_TARGETS)}")
-        for i, t in enumerate(v):
-            if t not in LORA_TARGETS:
-                raise _Bad(
-                    f"[{i}]",
-                    f"{{key}}: unknown LoRA target {t!r}{_suggest(t, LORA_TARGETS)}; "
-                    f"choose from {', '.join(LORA_TARGETS)}",
-                )
+        _check_names(
+            v,
+            LORA_TARGETS,
+            "LoRA target",
+            f"must name at least one of {', '.join(LORA_TARGETS)}",
+            unique=False,
+        )
         return v
 
     @model_validator(mode="after")
