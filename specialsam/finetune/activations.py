@@ -181,13 +181,21 @@ def skeleton_model(model: str) -> Sam:
     return random_model(model)
 
 
-def plan_feed(model: str, s: MethodSettings, n_images: int, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> Feed:
-    """``choose_feed`` for ``--plan``, without weights (``skeleton_model``); ``s`` validated first."""
-    from specialsam.models.registry import get_spec
+def encoder_feed(
+    sam: Sam, model: str, blocks: int | None, n_images: int, budget_bytes: int = DEFAULT_BUDGET_BYTES
+) -> tuple[MethodPlan, Feed]:
+    """Where ``model``'s lora / full arms split the encoder (``head_plan``) and how their trials get
+    the tail's input for ``n_images`` images: what the sweep does and ``--plan`` reports."""
+    from specialsam.models.inference import model_side
 
+    plan = head_plan(sam, model, blocks)
+    return plan, choose_feed(plan, model_side(sam), n_images, budget_bytes)
+
+
+def plan_feed(model: str, s: MethodSettings, n_images: int, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> Feed:
+    """``encoder_feed`` without weights (``skeleton_model``); ``s`` validated first."""
     validate_method(model, s)
-    plan = head_plan(skeleton_model(model), model, s.blocks)  # same start as lora
-    return choose_feed(plan, get_spec(model).image_size, n_images, budget_bytes)
+    return encoder_feed(skeleton_model(model), model, s.blocks, n_images, budget_bytes)[1]
 
 
 class ImageLookup:

@@ -56,6 +56,12 @@ def encoder_precision(sam: Sam) -> str:
     return select_device().for_encoder(model_side(sam)).precision
 
 
+def embedding_bytes(sam: Sam) -> int:
+    """Bytes of one image's cached (float16) embedding: what a decoder-only trial reads per image."""
+    h, w = sam.prompt_encoder.image_embedding_size
+    return 2 * int(sam.prompt_encoder.embed_dim) * int(h) * int(w)
+
+
 def entry_key(model: str, checkpoint_sha: str, image_hash: str, preprocessing: str) -> str:
     h = hashlib.sha256("|".join([model, checkpoint_sha, image_hash, preprocessing]).encode())
     return h.hexdigest()[:40]

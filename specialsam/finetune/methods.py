@@ -241,9 +241,7 @@ def load_adapters(sam: Sam, model: str, path) -> MethodPlan:
     from specialsam.models.lora import load_adapter_state
 
     blob = torch.load(path, weights_only=True)
-    settings = dict(blob["settings"])
-    settings["targets"] = tuple(settings.get("targets", DEFAULT_TARGETS))
-    plan = prepare_method(sam, model, MethodSettings(**settings))
+    plan = prepare_method(sam, model, settings_from_record(blob["settings"]))
     load_adapter_state(sam, blob["state"])
     return plan
 
@@ -258,3 +256,8 @@ def settings_record(s: MethodSettings) -> dict:
         "targets": list(s.targets),
         "seed": s.seed,
     }
+
+
+def settings_from_record(raw: dict) -> MethodSettings:
+    """``settings_record``'s inverse (adapter files, trial records)."""
+    return MethodSettings(**{**raw, "targets": tuple(raw.get("targets", DEFAULT_TARGETS))})

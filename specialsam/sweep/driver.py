@@ -255,13 +255,11 @@ def prepare_encoder_arms(sweep: Sweep, model: str, sam, ident, settings: PackSet
     from specialsam.finetune.activations import (
         ActivationCache,
         ImageLookup,
-        choose_feed,
+        encoder_feed,
         fill_activations,
-        head_plan,
         split_images,
     )
     from specialsam.finetune.pack import pack_splits
-    from specialsam.models.inference import model_side
     from specialsam.sweep.trainable import EncoderTuning
 
     cfg, opts = sweep.cfg, sweep.opts
@@ -270,8 +268,7 @@ def prepare_encoder_arms(sweep: Sweep, model: str, sam, ident, settings: PackSet
         return
     splits = pack_splits(sweep.task, settings, retention)
     sources, _hashes, keys = split_images(splits, ident)
-    plan = head_plan(sam, model, cfg.method.blocks)
-    feed = choose_feed(plan, model_side(sam), len(keys), cfg.activation_budget())
+    plan, feed = encoder_feed(sam, model, cfg.method.blocks, len(keys), cfg.activation_budget())
     _say(f"{model} encoder tuning ({', '.join(arm_method(a) for a in arms)}): {feed.describe()}", opts)
     images = None
     if feed.mode == "cache":

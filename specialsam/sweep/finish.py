@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from specialsam.analysis.results import BaselineResult, TrialResult, per_arm
-from specialsam.analysis.summaries import format_summary
+from specialsam.analysis.summaries import format_summary, recommended_cell
 from specialsam.arms import arm_model
 from specialsam.config import SweepConfig
 from specialsam.errors import UserError, disk_full
@@ -159,8 +159,6 @@ def finish_report(
 def headline_cell(rep, primary: str):
     """The recommended arm's primary-prompt cell (``summaries.recommended_cell``: the highest gain CI
     lower bound, moved to its model's cheapest method within the best method's CI); None: no gains."""
-    from specialsam.analysis.summaries import recommended_cell
-
     cell = recommended_cell(rep.baseline_report, rep.method_report)
     return cell if cell is not None and cell.prompt == primary else None
 
@@ -260,13 +258,12 @@ def _export_tuned(sam, chosen: PhaseTrial, out_dir: Path, stem: str) -> tuple[Pa
     exported with LoRA merged (``models.export.export_tuned``); the adapters alone beside it."""
     import copy
 
-    from specialsam.finetune.methods import MethodSettings, load_tuned_state, prepare_method
+    from specialsam.finetune.methods import load_tuned_state, prepare_method, settings_from_record
     from specialsam.models.export import export_tuned
 
     raw = dict(chosen.record.method)
-    settings = MethodSettings(**{**raw, "targets": tuple(raw.get("targets") or ())})
     model = copy.deepcopy(sam).cpu()
-    prepare_method(model, arm_model(chosen.record.model), settings)
+    prepare_method(model, arm_model(chosen.record.model), settings_from_record(raw))
     load_tuned_state(model, torch.load(chosen.checkpoint_dir / names.TUNED_FILE, weights_only=True))
     full, dec, _adapters = export_tuned(model, out_dir, stem, raw)  # adapters: beside them, same stem
     return full, dec

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from specialsam.finetune.cache import embedding_bytes
 from specialsam.finetune.pack import model_identity
 
 if TYPE_CHECKING:
@@ -34,7 +35,6 @@ ENCODE_IMAGES_PER_S = {
     "vit_l": {"cpu": 0.045, "cuda": 10.0},
     "vit_h": {"cpu": 0.024, "cuda": 6.0},
 }
-EMBEDDING_BYTES = {"tiny": 64 * 16 * 16 * 2, "sam": 256 * 64 * 64 * 2}
 METHOD_STEP_COST = {"decoder": 1.0, "lora": 3.0, "full": 4.5}
 """Seconds per training sample relative to decoder-only, from cached activations (benchmarks/README.md,
 ``methods.py``: tiny 2.1-3.5x for lora and 2.6-6.1x for full, vit_t about 2.2-2.5x)."""
@@ -151,7 +151,7 @@ def make_plan(cfg: SweepConfig, task, models, cache: EmbeddingCache, parallel: f
             for n in cfg.curve.n_train
         )
         total = int(total * sum(METHOD_STEP_COST[m] for m in cfg.methods))
-        lines, activation_bytes = _method_lines(cfg, name, images)
+        lines, activation_bytes = _method_lines(cfg, name, sam, images)
         plan.methods += lines
         res = train.loss_res or (256 if fam == "tiny" else 1024)
         plan.models.append(
@@ -159,7 +159,7 @@ def make_plan(cfg: SweepConfig, task, models, cache: EmbeddingCache, parallel: f
                 model=name,
                 images=images,
                 to_encode=todo,
-                cache_bytes=images * EMBEDDING_BYTES[fam] + len(samples) * res * res + activation_bytes,
+                cache_bytes=images * embedding_bytes(sam) + len(samples) * res * res + activation_bytes,
                 train_samples=total,
                 encode_seconds=todo / ENCODE_IMAGES_PER_S[name][device],
                 train_seconds=total / TRAIN_SAMPLES_PER_S[fam][device],
@@ -168,18 +168,19 @@ def make_plan(cfg: SweepConfig, task, models, cache: EmbeddingCache, parallel: f
     return plan
 
 
-def _method_lines(cfg: SweepConfig, model: str, images: int) -> tuple[list[MethodPlanLine], int]:
+def _method_lines(cfg: SweepConfig, model: str, sam, images: int) -> tuple[list[MethodPlanLine], int]:
     """``model``'s lora / full arms (trainable parameters, activation cache or its fallback) and
     the cache's bytes (lora and full share it: same L)."""
     from specialsam.arms import arm_name
-    from specialsam.finetune.activations import plan_feed, skeleton_model
+    from specialsam.finetune.activations import encoder_feed, skeleton_model
     from specialsam.finetune.methods import count_params, prepare_method
 
-    out, cached = [], 0
-    for method in [m for m in cfg.methods if m != "decoder"]:
-        s = cfg.method_settings(arm_name(model, method))
-        feed = plan_feed(model, s, images, cfg.activation_budget())
-        cached = feed.total_bytes if feed.mode == "cache" else 0
-        tuned = prepare_method(skeleton_model(model), model, s)
-        out.append(MethodPlanLine(arm_name(model, method), count_params(tuned), feed.describe()))
-    return out, cached
+    arms = [arm_name(model, m) for m in cfg.methods if m != "decoder"]
+    if not arms:
+        return [], 0
+    _, feed = encoder_feed(sam, model, cfg.method.blocks, images, cfg.activation_budget())
+    out = []
+    for arm in arms:  # counted on a weightless copy: adapters never touch the loaded model
+        tuned = prepare_method(skeleton_model(model), model, cfg.method_settings(arm))
+        out.append(MethodPlanLine(arm, count_params(tuned), feed.describe()))
+    return out, feed.total_bytes if feed.mode == "cache" else 0

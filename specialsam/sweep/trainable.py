@@ -25,7 +25,7 @@ from ray import tune
 from specialsam.arms import arm_method, arm_model
 from specialsam.config import TrainSettings, train_config
 from specialsam.finetune.activations import ImageLookup
-from specialsam.finetune.cache import EmbeddingCache
+from specialsam.finetune.cache import EmbeddingCache, embedding_bytes
 from specialsam.finetune.methods import METHOD_SEARCHABLE, MethodSettings
 from specialsam.finetune.pack import Pack
 from specialsam.finetune.pipeline import Scoring
@@ -178,12 +178,6 @@ def _record(t: _Trial, out, phase: str) -> TrialRecord:
         record.trainable_params = count_params(t.plan)
         record.cache_bytes_per_image = t.tuning.cache_bytes_per_image if t.tuning.feed == "cache" else 0
     return record
-
-
-def embedding_bytes(sam) -> int:
-    """Bytes of one image's cached (float16) embedding: what a decoder-only trial reads per image."""
-    h, w = sam.prompt_encoder.image_embedding_size
-    return 2 * int(sam.prompt_encoder.embed_dim) * int(h) * int(w)
 
 
 def report_epoch(epoch: int, m: dict[str, float]) -> None:
