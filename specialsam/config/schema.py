@@ -108,18 +108,12 @@ class SweepConfig(_Model):
         """Every (model, method) the sweep tunes, as labels (``arms.arm_name``), model by model."""
         return [arm_name(m, method) for m in self.models for method in self.methods]
 
-    def method_settings(self, arm: str, rank: int | None = None, seed: int = 0) -> MethodSettings:
-        """What ``arm``'s trials fine-tune (``rank``: a trial's searched LoRA rank; ``seed``: its
-        seed, which draws the adapters' initial A)."""
-        method = arm_method(arm)
+    def method_settings(self, arm: str) -> MethodSettings:
+        """What ``arm``'s trials fine-tune (each trial sets its searched LoRA rank and its seed,
+        which draws the adapters' initial A)."""
         m = self.method
         return MethodSettings(
-            method,
-            blocks=m.blocks,
-            rank=int(m.rank if rank is None else rank),
-            alpha=m.alpha,
-            targets=tuple(m.targets),
-            seed=int(seed),
+            arm_method(arm), blocks=m.blocks, rank=m.rank, alpha=m.alpha, targets=tuple(m.targets)
         )
 
     def method_space(self, arm: str) -> dict[str, list[int]]:
