@@ -129,6 +129,45 @@ def test_corrupt_sweep_state_on_resume(tmp_path, capsys, content):
     assert state.read_text() == content  # left as it was
 
 
+def _saved_sweep(tmp_path: Path, edit) -> Path:
+    """A sweep.json as an older version wrote it: the smoke config as the driver saved it,
+    changed by ``edit``."""
+    import json
+
+    from specialsam.config import config_to_dict, default_config_path, load_config
+    from specialsam.sweep.driver import prepare
+    from specialsam.sweep.outputs import RunOptions
+
+    cfg, _, _ = prepare(load_config(default_config_path("carpet"), smoke=True), RunOptions(cwd=tmp_path))
+    config = config_to_dict(cfg)
+    edit(config)
+    state = tmp_path / "ray_results" / "carpet-20240101-000000" / "sweep.json"
+    state.parent.mkdir(parents=True)
+    state.write_text(json.dumps({"parent_run_id": "abc", "config": config, "best": {}, "done": []}))
+    return state
+
+
+def test_a_sweep_saved_before_the_method_axis_resumes(tmp_path, capsys):
+    """Keys added since (``methods``, ``method``) take today's defaults: the same sweep."""
+    _saved_sweep(tmp_path, lambda c: (c.pop("methods"), c.pop("method")))
+    assert run_sweep_cli([*SMOKE, "--resume", "--plan"], tmp_path) == 0
+    assert "plan for" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda c: c["search"].update(num_samples=c["search"]["num_samples"] + 1), "config differs"),
+        (lambda c: c.update(methods=["sideways"]), "no longer valid"),
+    ],
+)
+def test_a_changed_or_invalid_saved_config_refuses_to_resume(tmp_path, capsys, edit, needle):
+    state = _saved_sweep(tmp_path, edit)
+    before = state.read_text()
+    _fails([*SMOKE, "--resume", "--plan"], tmp_path, capsys, "--resume", needle, keep=("ray_results",))
+    assert state.read_text() == before
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
 @pytest.mark.parametrize("how", ["path", "file object"])
 def test_disk_full_is_one_line_naming_the_path(capsys, how):

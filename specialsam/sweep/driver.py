@@ -10,12 +10,13 @@ and their MLflow runs are reused. Ray is imported only once a sweep really runs 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from specialsam.analysis.results import BaselineResult, per_arm, stable_seed
 from specialsam.arms import arm_method, arm_model
@@ -179,6 +180,18 @@ def _run_sweep(cfg: SweepConfig, opts: RunOptions, live: _Live) -> SweepOutcome 
     return finish(sweep, baselines, trials)
 
 
+def _saved_config(saved: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The config a sweep started with, with today's defaults for keys added since (a sweep saved
+    before ``methods`` existed resumes as the decoder-only sweep it was)."""
+    try:
+        return config_to_dict(SweepConfig.model_validate(saved))
+    except ValidationError as exc:
+        raise UserError(
+            f"--resume: the config saved in {folder / 'sweep.json'} is no longer valid "
+            f"({exc.errors()[0]['msg']}); start a new sweep"
+        ) from None
+
+
 def prepare_sweep(cfg: SweepConfig, opts: RunOptions) -> Sweep:
     """Stage 1: every check on user input, before anything is written."""
     from specialsam.device import select_device
@@ -187,7 +200,7 @@ def prepare_sweep(cfg: SweepConfig, opts: RunOptions) -> Sweep:
     check_outputs(cfg, opts, uri)
     folder, state = sweep_dir(cfg, opts)
     cfg, task, models = prepare(cfg, opts)
-    if state is not None and state["config"] != json.loads(json.dumps(config_to_dict(cfg))):
+    if state is not None and _saved_config(state["config"], folder) != config_to_dict(cfg):
         raise UserError(
             f"--resume: the config differs from the one sweep {folder.name} started with; "
             "resume with the same config and --set values, or start a new sweep"
