@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from specialsam.cli import EXIT_INTERRUPTED, resume_command
 from specialsam.sweep.tracking import ROLE, TRIAL_ID
-from tests.conftest import REPO, running_trials
+from tests.conftest import REPO, run_sweep_cli, running_trials
 
 SMALL = ["--task", "carpet", "--smoke", "--set", "search.num_samples=2"]
 SMALL += ["--set", "curve.n_train=[32]", "--set", "curve.seeds=[0]"]
@@ -139,7 +139,7 @@ def test_resume_scores_again_a_baseline_an_interrupt_cut_short(tmp_path):
     done = tracker.create_run("b", {ROLE: "baseline", TRIAL_ID: "baseline/tiny-s/box"}, parent=parent)
     tracker.finish(done)
     cut = tracker.create_run("c", {ROLE: "baseline", TRIAL_ID: "baseline/tiny-s/center"}, parent=parent)
-    assert tracker.kill_sweep(parent) == 1  # the Ctrl-C: open child and parent KILLED
+    assert tracker.close_sweep(parent) == 1  # the Ctrl-C: open child and parent KILLED
     assert tracker.client.get_run(parent).info.status == "KILLED"
     assert tracker.client.get_run(cut).info.status == "KILLED"
 
@@ -147,3 +147,21 @@ def test_resume_scores_again_a_baseline_an_interrupt_cut_short(tmp_path):
     assert {k: r.info.run_id for k, r in reusable.items()} == {"baseline/tiny-s/box": done}
     assert tracker.client.get_run(cut).info.lifecycle_stage == "deleted"
     assert [r.info.run_id for r in tracker.children(parent, "baseline")] == [done]
+
+
+def test_an_error_mid_sweep_leaves_no_run_running(ray_cluster, tmp_path, monkeypatch):
+    """Not only Ctrl-C: a sweep that stops on an error marks its open runs FAILED (the MLflow UI
+    never shows a dead sweep as running) and keeps its state for --resume."""
+    from specialsam.sweep import driver
+
+    def broken(sweep):
+        raise RuntimeError("scoring broke")
+
+    monkeypatch.setattr(driver, "score_baselines", broken)
+    args = [*SMALL, "--address", ray_cluster.address, "--cache-dir", str(tmp_path / "cache")]
+    with pytest.raises(RuntimeError, match="scoring broke"):
+        run_sweep_cli(args, tmp_path)
+    runs = _runs(tmp_path / "mlflow.db")
+    assert [r.data.tags[ROLE] for r in runs] == ["sweep"]
+    assert runs[0].info.status == "FAILED"
+    assert len(list((tmp_path / "ray_results").glob("carpet-*/sweep.json"))) == 1

@@ -163,9 +163,12 @@ def run_sweep(cfg: SweepConfig, opts: RunOptions) -> SweepOutcome | Plan:
     try:
         return _run_sweep(cfg, opts, live)
     except KeyboardInterrupt:
-        _close_interrupted(live, stop_ray=not had_ray)
+        _close_stopped(live, "KILLED", stop_ray=not had_ray)
         resumable = live.folder is not None and (live.folder / "sweep.json").exists()
         raise SweepInterrupted(cfg.task, live.folder.name if resumable else opts.resume) from None
+    except Exception:
+        _close_stopped(live, "FAILED", stop_ray=False)  # process exit ends a Ray it started
+        raise
 
 
 def _run_sweep(cfg: SweepConfig, opts: RunOptions, live: _Live) -> SweepOutcome | Plan:
@@ -569,19 +572,21 @@ def finish(sweep: Sweep, baselines: Baselines, trials: list) -> SweepOutcome:
     return outcome
 
 
-def _close_interrupted(live: _Live, stop_ray: bool) -> None:
-    """Mark the sweep's open MLflow runs KILLED and shut down the Ray it started. A further Ctrl-C
-    skips the step it lands in (``--resume`` closes leftover runs; process exit ends Ray)."""
+def _close_stopped(live: _Live, status: str, stop_ray: bool) -> None:
+    """Mark the sweep's open MLflow runs ``status`` (KILLED: Ctrl-C; FAILED: an error) so none is
+    left RUNNING, and shut down the Ray it started. A further Ctrl-C skips the step it lands in
+    (``--resume`` closes leftover runs; process exit ends Ray)."""
     from specialsam.sweep import ray_runtime
 
-    def kill_runs() -> None:
+    def close_runs() -> None:
         if live.tracker is not None and live.parent is not None:
-            live.tracker.kill_sweep(live.parent)
+            live.tracker.close_sweep(live.parent, status)
 
-    for step in [kill_runs, *([ray_runtime.stop_ray] if stop_ray else [])]:
+    for step in [close_runs, *([ray_runtime.stop_ray] if stop_ray else [])]:
         try:
             step()
         except KeyboardInterrupt:
             pass
-        except Exception as exc:  # noqa: BLE001 - the interrupt is what the user must see; this is a note
-            print(f"warning: while stopping: {type(exc).__name__}: {exc}", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - the stop's cause is what the user must see
+            if status == "KILLED":  # after an error, that error's one line stays the only one
+                print(f"warning: while stopping: {type(exc).__name__}: {exc}", file=sys.stderr)

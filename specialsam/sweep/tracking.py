@@ -254,12 +254,13 @@ class Tracker:
                 n += 1
         return n
 
-    def kill_sweep(self, parent: str) -> int:
-        """A stopped sweep (Ctrl-C) leaves no run RUNNING: its open children and the parent end as
-        KILLED, which ``--resume`` reopens. Returns how many children were open."""
-        n = self.close_running(parent)
+    def close_sweep(self, parent: str, status: str = "KILLED") -> int:
+        """A stopped sweep leaves no run RUNNING: its open children and the parent end as
+        ``status`` (KILLED after a Ctrl-C, FAILED after an error), which ``--resume`` reopens.
+        Returns how many children were open."""
+        n = self.close_running(parent, status)
         if self.client.get_run(parent).info.status == "RUNNING":
-            self.finish(parent, "KILLED")
+            self.finish(parent, status)
         return n
 
     def download_json(self, run_id: str, artifact: str) -> Any:
