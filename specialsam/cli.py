@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
+from pathlib import Path
 
 from specialsam.errors import UserError
 
 EXIT_INTERRUPTED = 130
 """128 + SIGINT: what a shell reports for a command stopped with Ctrl-C."""
+EXIT_TRIALS_ERRORED = 1
+"""A sweep ran to its report but some trials errored: the answer is incomplete (``--resume``)."""
 
 SCRIPT = "sweeps/run.py"
 
 
-def run_cli(args: argparse.Namespace, tasks: list[str], overrides: list[str]) -> int:
+def run_cli(
+    args: argparse.Namespace, tasks: list[str], overrides: list[str], argv: list[str] | None = None
+) -> int:
     from specialsam.config import default_config_path, load_config
     from specialsam.config.grids import set_keys
     from specialsam.sweep.driver import run_sweep
@@ -38,7 +44,8 @@ def run_cli(args: argparse.Namespace, tasks: list[str], overrides: list[str]) ->
         experiment=args.experiment,
         storage=args.storage,
         cache_dir=args.cache_dir,
-        checkpoint_dir=args.checkpoint_dir,
+        # absolute: trials and cluster workers load checkpoints from other working folders
+        checkpoint_dir=str(Path(args.checkpoint_dir).expanduser().resolve()) if args.checkpoint_dir else None,
         allow_unverified=args.allow_unverified,
         resume=args.resume,
         plan=args.plan,
@@ -56,7 +63,7 @@ def run_cli(args: argparse.Namespace, tasks: list[str], overrides: list[str]) ->
         print(f"\n{out.summary}\n\nreport logged to run {out.parent_run_id} (artifacts: rules/)")
         print(f"browse: {mlflow_ui_hint(out.tracking_uri)}")
         return 0
-    outcomes = []
+    outcomes, errors = [], []
     for task, cfg in configs:
         res = run_sweep(cfg, opts)
         if isinstance(res, Plan):
@@ -72,6 +79,11 @@ def run_cli(args: argparse.Namespace, tasks: list[str], overrides: list[str]) ->
             print(f"MLflow model:      {uri}\n  serve it: {serve} --host 127.0.0.1")
         print(f"sweep: {res.sweep_dir.name}, parent run {res.parent_run_id}")
         outcomes.append((task, res))
+        if res.failures and (diverged := res.failures.line("diverged", res.n_trials)):
+            print(f"note: {task}: {diverged}")
+        if res.failures and (errored := res.failures.line("errored", res.n_trials)):
+            rerun = resume_command(argv or [], task, res.sweep_dir.name)
+            errors.append(f"{task}: {errored}; nothing exported; fix the cause and rerun: {rerun}")
     if len(outcomes) > 1:
         from specialsam.sweep.study import log_study
 
@@ -83,6 +95,9 @@ def run_cli(args: argparse.Namespace, tasks: list[str], overrides: list[str]) ->
         )
     if outcomes:
         print(f"\nbrowse the results: {mlflow_ui_hint(outcomes[-1][1].tracking_uri)}")
+    if errors:
+        print("\n".join(f"error: {line}" for line in errors), file=sys.stderr, flush=True)
+        return EXIT_TRIALS_ERRORED
     return 0
 
 

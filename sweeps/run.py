@@ -134,7 +134,7 @@ def _main(argv: list[str]) -> int:
     os.environ.setdefault("TQDM_MININTERVAL", "2")
     from specialsam.cli import run_cli
 
-    return run_cli(args, tasks_of(args), overrides(args))
+    return run_cli(args, tasks_of(args), overrides(args), argv)
 
 
 if __name__ == "__main__":

@@ -150,6 +150,14 @@ def test_killed_trial_was_retried_and_nan_trial_failed_cleanly(runs, smoke_sweep
     nan = curve[("32", "1")]
     assert nan.info.status == "FAILED"
     assert "loss became nan" in nan.data.tags["specialsam.failure"]
+    # said, not silently dropped from the curve; a diverged training is a result, not an error
+    (parent,) = by_role["sweep"]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["specialsam.trials_diverged"] == "1"
+    assert parent.data.tags["specialsam.trials_errored"] == "0"
+    (note,) = [ln for ln in smoke_sweep["stdout"].splitlines() if ln.startswith("note: carpet: ")]
+    assert "1 of " in note and "trials diverged (left out of the learning curve)" in note
+    assert "loss became nan" in note
 
 
 def test_best_trial_decoder_loads_into_a_sam_predictor(runs):

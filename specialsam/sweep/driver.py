@@ -30,6 +30,7 @@ from specialsam.models.registry import load_model
 from specialsam.sweep import mlflow_runs as names
 from specialsam.sweep.finish import (
     SweepOutcome,
+    TrialFailures,
     cleanup_trials,
     click_fields,
     export_best,
@@ -549,26 +550,33 @@ def _phase_b(sweep: Sweep, common: dict[str, Any]) -> list:
 
 
 def finish(sweep: Sweep, baselines: Baselines, trials: list) -> SweepOutcome:
-    """Stage 5: rules, report, export; the parent run finished and the state file marked done."""
+    """Stage 5: rules, report, export; the parent run finished and the state file marked done.
+    With errored trials the report still shows what finished, but nothing is exported or
+    published (an incomplete sweep never becomes the champion) and the parent ends FAILED."""
     results = trial_results(trials, baselines.retention, sweep.cfg)
+    failures = TrialFailures.of(trials)
     try:
         outcome = finish_report(
             sweep.tracker, sweep.parent, sweep.cfg, sweep.task.data, baselines.results, results
         )
-        outcome.export_paths = export_best(
-            sweep.tracker, sweep.parent, sweep.cfg, outcome.report, trials, sweep.models, sweep.opts
-        )
+        if not failures.errored:
+            outcome.export_paths = export_best(
+                sweep.tracker, sweep.parent, sweep.cfg, outcome.report, trials, sweep.models, sweep.opts
+            )
         if outcome.export_paths:
             outcome.model = publish_model(
                 sweep.tracker, sweep.parent, sweep.cfg, outcome.report, outcome.export_paths[0]
             )
     finally:
         cleanup_trials(trials)  # the trials' downloaded checkpoints (temp folders)
-    sweep.tracker.finish(sweep.parent)
-    sweep.state["done"] = ["tune", "curve"]
-    sweep.save()
+    sweep.tracker.set_tags(sweep.parent, failures.tags())
+    sweep.tracker.finish(sweep.parent, "FAILED" if failures.errored else "FINISHED")
+    if not failures.errored:
+        sweep.state["done"] = ["tune", "curve"]
+        sweep.save()
     outcome.sweep_dir = sweep.folder
     outcome.tracking_uri = sweep.uri
+    outcome.failures, outcome.n_trials = failures, len(trials)
     return outcome
 
 

@@ -34,6 +34,38 @@ if TYPE_CHECKING:  # phases imports Ray, which --analyze-only does not need
 
 
 @dataclass
+class TrialFailures:
+    """Trials without a result that are not ASHA's early stops. ``errored``: their process raised
+    or died after its retries, so the sweep did not do what was asked (its parent run ends FAILED
+    and ``--resume`` reruns them). ``diverged``: learning-curve trials whose training became
+    non-finite, a result about the settings that the curve leaves out (phase A's diverged trials
+    are the search's own business)."""
+
+    errored: list[PhaseTrial]
+    diverged: list[PhaseTrial]
+
+    @classmethod
+    def of(cls, trials: list[PhaseTrial]) -> TrialFailures:
+        return cls(
+            [t for t in trials if t.errored],
+            [t for t in trials if t.failed and not t.errored and t.phase == "curve"],
+        )
+
+    def tags(self) -> dict[str, str]:
+        return {names.TRIALS_ERRORED: str(len(self.errored)), names.TRIALS_DIVERGED: str(len(self.diverged))}
+
+    def line(self, kind: str, n_trials: int) -> str | None:
+        """``kind`` ("errored" or "diverged") in one line, naming the first trial and its reason."""
+        group = getattr(self, kind)
+        if not group:
+            return None
+        what = "the report leaves them out" if kind == "errored" else "left out of the learning curve"
+        return (
+            f"{len(group)} of {n_trials} trials {kind} ({what}); first, {group[0].key}: {group[0].failed}"
+        )
+
+
+@dataclass
 class SweepOutcome:
     parent_run_id: str
     report: Any
@@ -46,6 +78,8 @@ class SweepOutcome:
     tracking_uri: str
     data_kind: str = "real"
     model: Any = None  # sweep.model_logging.LoggedModel: the specialised model in MLflow
+    failures: TrialFailures | None = None
+    n_trials: int = 0
 
 
 def click_fields(scores: InteractiveScores | None) -> dict[str, Any]:

@@ -93,13 +93,19 @@ def save_state(folder: Path, state: dict) -> None:
 
 
 def cache_root(cfg: SweepConfig, opts: RunOptions) -> tuple[Path, str]:
-    """The embedding cache folder, and where that choice came from (for error messages)."""
+    """The embedding cache folder (absolute: trials open it from worker processes whose working
+    folder is not ours), and where that choice came from (for error messages)."""
     if opts.cache_dir:
-        return Path(opts.cache_dir).expanduser(), "--cache-dir"
+        return _absolute(opts.cache_dir, opts), "--cache-dir"
     if cfg.storage.cache_dir:
-        return Path(cfg.storage.cache_dir).expanduser(), "storage.cache_dir"
+        return _absolute(cfg.storage.cache_dir, opts), "storage.cache_dir"
     label = "$SPECIALSAM_CACHE" if os.environ.get("SPECIALSAM_CACHE") else "the embedding cache"
-    return default_cache_dir().expanduser(), label
+    return _absolute(default_cache_dir(), opts), label
+
+
+def _absolute(path: Path | str, opts: RunOptions) -> Path:
+    """A user's path, relative ones taken from the folder the sweep was started in."""
+    return (opts.cwd / Path(path).expanduser()).resolve()
 
 
 def export_root(opts: RunOptions) -> Path:

@@ -44,6 +44,7 @@ class PhaseTrial:
     checkpoint_dir: Path | None
     failed: str | None = None
     run_id: str | None = None
+    errored: bool = False  # its process raised or died, after its retries (not a diverged training)
 
 
 @dataclass
@@ -115,7 +116,7 @@ class MlflowLogger(tune.Callback):
         if self.log is None:
             return
         run = self._run(trial)
-        reason = str(getattr(trial, "error_msg", "") or "trial process failed")[:500]
+        reason = error_line(str(getattr(trial, "error_msg", "") or "trial process failed"))
         self.log.tracker.set_tags(run, names.failed_tags(reason))
         self.log.tracker.finish(run, "FAILED")
 
@@ -319,12 +320,18 @@ def _phase_trial(name: str, phase: str, res, log: SweepLogging) -> PhaseTrial:
     m = res.metrics or {}
     key = names.trial_key(name, m.get("trial_id", "")) if res.metrics else name
     params = {k: cfg[k] for k in TRIAL_PARAMS if k in cfg}
-    failed = m.get("failed") or (str(res.error)[:300] if res.error else None)
+    failed = m.get("failed") or (error_line(str(res.error)) if res.error else None)
     rec, folder = None, None
     if res.checkpoint is not None and "final" in m and "failed" not in m:
         folder = Path(res.checkpoint.to_directory(tempfile.mkdtemp(prefix="specialsam-trial-")))
         rec = TrialRecord.read(folder)
-    return PhaseTrial(key, phase, params, rec, folder, failed, log.run_ids.get(key))
+    return PhaseTrial(key, phase, params, rec, folder, failed, log.run_ids.get(key), res.error is not None)
+
+
+def error_line(text: str) -> str:
+    """A trial error's last line, the exception itself (Ray wraps it in its traceback)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return (lines[-1] if lines else "no reason recorded")[:500]
 
 
 def drop_orphan_trial_runs(log: SweepLogging, name: str, trial_dirs: list[str]) -> int:

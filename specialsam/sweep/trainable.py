@@ -253,8 +253,12 @@ def _fault_matches(spec: dict | None, config: dict) -> bool:
 
 def _maybe_inject_fault(fault: dict, config: dict, step: int) -> None:
     """Test hooks: kill this trial's process once at a given step (a marker file makes it once);
-    or make it linger (``seconds`` at most, until ``until_file`` exists), so that tests can act
-    while several trials run at once."""
+    make it linger (``seconds`` at most, until ``until_file`` exists), so that tests can act
+    while several trials run at once; or make it raise at every attempt (an error retries cannot
+    cure)."""
+    broken = fault.get("raise")
+    if _fault_matches(broken, config) and step == broken.get("at_step", 1):
+        raise RuntimeError(broken.get("message", "injected trial error"))
     linger = fault.get("sleep")
     if _fault_matches(linger, config) and step == linger.get("at_step", 1):
         release = Path(linger["until_file"]) if linger.get("until_file") else None

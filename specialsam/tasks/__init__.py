@@ -56,7 +56,8 @@ def load_task(
 ) -> TaskData:
     """Load a task's split samples (real data under ``data_root``, else its procedural stand-in)."""
     module = task_module(name)
-    root = Path(data_root).expanduser() if data_root else None
+    # absolute: trials read the files from worker processes whose working folder is not ours
+    root = Path(data_root).expanduser().resolve() if data_root else None
     if root is not None and not root.exists():
         raise UserError(f"data root {root} does not exist; pass --data-root pointing at the {name} dataset")
     task = module.load(root, task_options(name, options), seed)

@@ -269,7 +269,7 @@ def load_real(root: Path, options: Options, seed: int) -> TaskDataWithExtras:
     splits: dict[str, list[Sample]] = {"train": train, "val": val, "test": test}
     for name, path in options.extra_test_sets.items():
         what = f"data.extra_test_sets.{name}"
-        img_dir, mask_dir = find_image_mask_dirs(Path(path).expanduser(), what)
+        img_dir, mask_dir = find_image_mask_dirs(Path(path).expanduser().resolve(), what)
         pairs, nc = _pairs(img_dir, mask_dir, what)
         samples, empty = _load_pairs(_cap(pairs, options.n_test, seed, f"extra-{name}"), options, name)
         if not samples:

@@ -571,6 +571,6 @@ def load(data_root: Path | None, options: Options, seed: int) -> TaskData:
     check_options(options)
     if data_root is None and options.annotations is None:
         return _standin(options, seed)
-    root = data_root if data_root is not None else Path(".")
+    root = data_root if data_root is not None else Path.cwd()
     splits, notes, where = _load_files(root, options, seed)
     return TaskData("coco", "real", splits["train"], splits["val"], splits["test"], source=where, notes=notes)
