@@ -79,9 +79,9 @@ def run_cli(
             print(f"MLflow model:      {uri}\n  serve it: {serve} --host 127.0.0.1")
         print(f"sweep: {res.sweep_dir.name}, parent run {res.parent_run_id}")
         outcomes.append((task, res))
-        if res.failures and (diverged := res.failures.line("diverged", res.n_trials)):
+        if res.failures and (diverged := res.failures.line("diverged")):
             print(f"note: {task}: {diverged}")
-        if res.failures and (errored := res.failures.line("errored", res.n_trials)):
+        if res.failures and (errored := res.failures.line("errored")):
             rerun = resume_command(argv or [], task, res.sweep_dir.name)
             errors.append(f"{task}: {errored}; nothing exported; fix the cause and rerun: {rerun}")
     if len(outcomes) > 1:

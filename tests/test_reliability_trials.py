@@ -39,6 +39,13 @@ def test_an_errored_trial_fails_the_sweep_and_resume_reruns_it(ray_cluster, tmp_
     client, _, parent = _parent(tmp_path / "mlflow.db")
     assert parent.info.status == "FAILED" and parent.data.tags["specialsam.trials_errored"] == "1"
     assert not (tmp_path / "exports").exists()
+    report = _report(client, parent, tmp_path / "first")
+    said = line.removeprefix("error: carpet: ").split("; nothing exported")[0]
+    assert f"> **Trials left out**: {said}." in report  # under the title, before any verdict
+    assert report.index("Trials left out") < report.index("## Recommendation")
+    # the report rebuilt from MLflow alone says the same
+    assert run_sweep_cli([*SMALL, "--analyze-only", parent.info.run_id], tmp_path) == 0
+    assert _report(client, parent, tmp_path / "again") == report
 
     assert run_sweep_cli([*args, "--resume", sweep], tmp_path) == 0
     client, exp, parent = _parent(tmp_path / "mlflow.db")
@@ -46,6 +53,11 @@ def test_an_errored_trial_fails_the_sweep_and_resume_reruns_it(ray_cluster, tmp_
     trials = client.search_runs([exp.experiment_id], "tags.`specialsam.role` = 'trial'")
     assert sorted(r.info.status for r in trials) == ["FINISHED", "FINISHED"]
     assert list((tmp_path / "exports").glob("carpet-tiny-s-*.pth"))
+
+
+def _report(client, parent, dst) -> str:
+    dst.mkdir()
+    return open(client.download_artifacts(parent.info.run_id, "rules/report.md", str(dst))).read()
 
 
 def _folder_dataset(root, n: int = 30) -> None:

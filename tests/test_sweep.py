@@ -136,6 +136,13 @@ def test_trials_ran_on_more_than_one_node(runs):
     assert len(nodes) >= 2
 
 
+def client_report(smoke_sweep, parent) -> str:
+    import tempfile
+
+    client = MlflowClient(smoke_sweep["uri"])
+    return client.download_artifacts(parent.info.run_id, "rules/report.md", tempfile.mkdtemp())
+
+
 def test_killed_trial_was_retried_and_nan_trial_failed_cleanly(runs, smoke_sweep):
     _, by_role = runs
     curve = {
@@ -158,6 +165,8 @@ def test_killed_trial_was_retried_and_nan_trial_failed_cleanly(runs, smoke_sweep
     (note,) = [ln for ln in smoke_sweep["stdout"].splitlines() if ln.startswith("note: carpet: ")]
     assert "1 of " in note and "trials diverged (left out of the learning curve)" in note
     assert "loss became nan" in note
+    report = open(client_report(smoke_sweep, parent)).read()
+    assert f"> **Trials left out**: {note.removeprefix('note: carpet: ')}." in report
 
 
 def test_best_trial_decoder_loads_into_a_sam_predictor(runs):

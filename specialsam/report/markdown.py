@@ -471,6 +471,14 @@ def _markdown(
     return "\n".join(out) + "\n"
 
 
+def _with_left_out(text: str, left_out: Sequence[str]) -> str:
+    """The trials the sweep lost, said under the title, before any verdict is read."""
+    if not left_out:
+        return text
+    title, rest = text.split("\n", 1)
+    return "\n".join([title, "", *(f"> **Trials left out**: {line}." for line in left_out), rest])
+
+
 def write_report(
     out_dir: Path,
     task: str,
@@ -487,6 +495,7 @@ def write_report(
     seed: int = 0,
     protocol: Mapping[str, Any] | None = None,
     click_protocol: str = "",
+    left_out: Sequence[str] = (),
 ) -> ReportFiles:
     """Analyse, then write ``report.md``, ``gain_vs_baseline.png``, ``learning_curve.png`` and, when
     there is a per-category table, ``category_bars.png`` beside it."""
@@ -507,7 +516,7 @@ def write_report(
     text = _markdown(
         task, data_kind, br, dr, health, retention, protocol, extras, categories, spread, cmd, cr, mr
     )
-    report_md.write_text(text, encoding="utf-8")
+    report_md.write_text(_with_left_out(text, left_out), encoding="utf-8")
     gain_plot = plots.plot_gain_vs_baseline(
         br, out_dir / "gain_vs_baseline.png", title=f"{task}: gain vs baseline"
     )

@@ -557,7 +557,7 @@ def finish(sweep: Sweep, baselines: Baselines, trials: list) -> SweepOutcome:
     failures = TrialFailures.of(trials)
     try:
         outcome = finish_report(
-            sweep.tracker, sweep.parent, sweep.cfg, sweep.task.data, baselines.results, results
+            sweep.tracker, sweep.parent, sweep.cfg, sweep.task.data, baselines.results, results, failures
         )
         if not failures.errored:
             outcome.export_paths = export_best(
@@ -569,14 +569,12 @@ def finish(sweep: Sweep, baselines: Baselines, trials: list) -> SweepOutcome:
             )
     finally:
         cleanup_trials(trials)  # the trials' downloaded checkpoints (temp folders)
-    sweep.tracker.set_tags(sweep.parent, failures.tags())
     sweep.tracker.finish(sweep.parent, "FAILED" if failures.errored else "FINISHED")
     if not failures.errored:
         sweep.state["done"] = ["tune", "curve"]
         sweep.save()
     outcome.sweep_dir = sweep.folder
     outcome.tracking_uri = sweep.uri
-    outcome.failures, outcome.n_trials = failures, len(trials)
     return outcome
 
 

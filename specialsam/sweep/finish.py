@@ -41,28 +41,47 @@ class TrialFailures:
     non-finite, a result about the settings that the curve leaves out (phase A's diverged trials
     are the search's own business)."""
 
-    errored: list[PhaseTrial]
-    diverged: list[PhaseTrial]
+    n_trials: int
+    errored: list[tuple[str, str]]  # (trial key, reason)
+    diverged: list[tuple[str, str]]
 
     @classmethod
     def of(cls, trials: list[PhaseTrial]) -> TrialFailures:
+        """From the phases' trials (the driver)."""
+        diverged = [t for t in trials if t.failed and not t.errored and t.phase == "curve"]
         return cls(
-            [t for t in trials if t.errored],
-            [t for t in trials if t.failed and not t.errored and t.phase == "curve"],
+            len(trials),
+            sorted((t.key, t.failed or "") for t in trials if t.errored),
+            sorted((t.key, t.failed or "") for t in diverged),
         )
+
+    @classmethod
+    def logged(cls, tracker: Tracker, parent: str) -> TrialFailures:
+        """From the trial runs in MLflow (``--analyze-only``): their failure kind tags."""
+        runs = tracker.children(parent, names.ROLE_TRIAL)
+        by_kind: dict[str, list[tuple[str, str]]] = {names.ERRORED: [], names.DIVERGED: []}
+        for r in runs:
+            kind = r.data.tags.get(names.FAILURE_KIND)
+            if kind == names.ERRORED or (kind == names.DIVERGED and r.data.tags.get(names.PHASE) == "curve"):
+                by_kind[kind].append(
+                    (r.data.tags.get(names.TRIAL_ID, r.info.run_id), r.data.tags[names.FAILURE])
+                )
+        return cls(len(runs), sorted(by_kind[names.ERRORED]), sorted(by_kind[names.DIVERGED]))
 
     def tags(self) -> dict[str, str]:
         return {names.TRIALS_ERRORED: str(len(self.errored)), names.TRIALS_DIVERGED: str(len(self.diverged))}
 
-    def line(self, kind: str, n_trials: int) -> str | None:
+    def line(self, kind: str) -> str | None:
         """``kind`` ("errored" or "diverged") in one line, naming the first trial and its reason."""
         group = getattr(self, kind)
         if not group:
             return None
         what = "the report leaves them out" if kind == "errored" else "left out of the learning curve"
-        return (
-            f"{len(group)} of {n_trials} trials {kind} ({what}); first, {group[0].key}: {group[0].failed}"
-        )
+        key, reason = group[0]
+        return f"{len(group)} of {self.n_trials} trials {kind} ({what}); first, {key}: {reason}"
+
+    def lines(self) -> list[str]:
+        return [line for kind in ("errored", "diverged") if (line := self.line(kind))]
 
 
 @dataclass
@@ -79,7 +98,6 @@ class SweepOutcome:
     data_kind: str = "real"
     model: Any = None  # sweep.model_logging.LoggedModel: the specialised model in MLflow
     failures: TrialFailures | None = None
-    n_trials: int = 0
 
 
 def click_fields(scores: InteractiveScores | None) -> dict[str, Any]:
@@ -156,8 +174,10 @@ def finish_report(
     data_kind: str,
     baselines: list[BaselineResult],
     trials: list[TrialResult],
+    failures: TrialFailures,
 ) -> SweepOutcome:
-    """Verdicts, report and plots, logged on the parent run (artifacts under ``rules/``, tags)."""
+    """Verdicts, report and plots, logged on the parent run (artifacts under ``rules/``, tags);
+    the report opens with the trials ``failures`` left out."""
     with tempfile.TemporaryDirectory() as d:
         rep = write_report(
             Path(d),
@@ -171,6 +191,7 @@ def finish_report(
             margin=cfg.rules.margin,
             seed=cfg.seed,
             click_protocol=cfg.click_protocol(),
+            left_out=failures.lines(),
             protocol={
                 "prompt": cfg.eval.primary,
                 "mask_selection": cfg.eval.mask_selection,
@@ -183,10 +204,20 @@ def finish_report(
         for f in (rep.report_md, page, *rep.plots):
             tracker.log_artifact(parent, f, "rules")
         summary = format_summary(rep.summary)
-    tracker.set_tags(parent, rep.tags)
+    tracker.set_tags(parent, {**rep.tags, **failures.tags()})
     log_parent_summary(tracker, parent, rep, cfg.eval.primary)
     return SweepOutcome(
-        parent, rep, Path(), rep.tags, summary, None, trials, baselines, tracker.uri, data_kind
+        parent,
+        rep,
+        Path(),
+        rep.tags,
+        summary,
+        None,
+        trials,
+        baselines,
+        tracker.uri,
+        data_kind,
+        failures=failures,
     )
 
 
@@ -321,6 +352,7 @@ def analyze_only(cfg: SweepConfig, opts: RunOptions, parent: str) -> SweepOutcom
         data_kind,
         per_arm(logged_baselines(tracker, parent), cfg.arms()),
         logged_trials(tracker, parent, cfg),
+        TrialFailures.logged(tracker, parent),
     )
     out.tracking_uri = uri
     return out

@@ -44,6 +44,9 @@ PHASE = "specialsam.phase"
 SWEEP_DIR = "specialsam.sweep_dir"
 HEALTH = "specialsam.health"
 FAILURE = "specialsam.failure"
+FAILURE_KIND = "specialsam.failure_kind"
+"""A failed trial's kind: ``ERRORED`` (its process raised or died) or ``DIVERGED`` (non-finite training)."""
+ERRORED, DIVERGED = "errored", "diverged"
 TRIALS_ERRORED = "specialsam.trials_errored"
 TRIALS_DIVERGED = "specialsam.trials_diverged"
 """On the parent: how many trials errored (the sweep is FAILED) or diverged (left out of the curve)."""
@@ -335,8 +338,8 @@ def final_report(record: TrialRecord) -> dict[str, float]:
     return out
 
 
-def failed_tags(reason: str) -> dict:
-    return {FAILURE: reason, HEALTH: "failed"}
+def failed_tags(reason: str, kind: str) -> dict:
+    return {FAILURE: reason, HEALTH: "failed", FAILURE_KIND: kind}
 
 
 def trial_result_tags(record: TrialRecord) -> dict:

@@ -116,8 +116,8 @@ class MlflowLogger(tune.Callback):
         if self.log is None:
             return
         run = self._run(trial)
-        reason = error_line(str(getattr(trial, "error_msg", "") or "trial process failed"))
-        self.log.tracker.set_tags(run, names.failed_tags(reason))
+        reason = error_line(_error_text(trial))
+        self.log.tracker.set_tags(run, names.failed_tags(reason, names.ERRORED))
         self.log.tracker.finish(run, "FAILED")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -126,7 +126,7 @@ class MlflowLogger(tune.Callback):
         run = self._run(trial)
         last = trial.last_result or {}
         if "failed" in last:
-            self.log.tracker.set_tags(run, names.failed_tags(last["failed"]))
+            self.log.tracker.set_tags(run, names.failed_tags(last["failed"], names.DIVERGED))
             self.log.tracker.finish(run, "FAILED")
             return
         ckpt = trial.checkpoint
@@ -318,7 +318,9 @@ def _phase_trial(name: str, phase: str, res, log: SweepLogging) -> PhaseTrial:
     """One Tune result as a ``PhaseTrial``; a finished trial's checkpoint goes to a temp folder."""
     cfg = res.config or {}
     m = res.metrics or {}
-    key = names.trial_key(name, m.get("trial_id", "")) if res.metrics else name
+    # a trial that errored before its first report has no metrics; its folder is named after it
+    trial_id = m.get("trial_id") or Path(res.path).name.removeprefix(f"{name}-")
+    key = names.trial_key(name, trial_id)
     params = {k: cfg[k] for k in TRIAL_PARAMS if k in cfg}
     failed = m.get("failed") or (error_line(str(res.error)) if res.error else None)
     rec, folder = None, None
@@ -326,6 +328,15 @@ def _phase_trial(name: str, phase: str, res, log: SweepLogging) -> PhaseTrial:
         folder = Path(res.checkpoint.to_directory(tempfile.mkdtemp(prefix="specialsam-trial-")))
         rec = TrialRecord.read(folder)
     return PhaseTrial(key, phase, params, rec, folder, failed, log.run_ids.get(key), res.error is not None)
+
+
+def _error_text(trial) -> str:
+    """What Tune saved of a trial's last error (its traceback file)."""
+    path = getattr(trial, "error_file", None)
+    try:
+        return Path(path).read_text(errors="replace") if path else ""
+    except OSError:
+        return ""
 
 
 def error_line(text: str) -> str:
