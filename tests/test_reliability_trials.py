@@ -52,7 +52,9 @@ def test_an_errored_trial_fails_the_sweep_and_resume_reruns_it(ray_cluster, tmp_
     assert parent.info.status == "FINISHED" and parent.data.tags["specialsam.trials_errored"] == "0"
     trials = client.search_runs([exp.experiment_id], "tags.`specialsam.role` = 'trial'")
     assert sorted(r.info.status for r in trials) == ["FINISHED", "FINISHED"]
+    assert not any("specialsam.failure_kind" in r.data.tags for r in trials)  # the rerun's old failure
     assert list((tmp_path / "exports").glob("carpet-tiny-s-*.pth"))
+    assert "Trials left out" not in _report(client, parent, tmp_path / "resumed")
 
 
 def _report(client, parent, dst) -> str:

@@ -61,7 +61,7 @@ class TrialFailures:
         runs = tracker.children(parent, names.ROLE_TRIAL)
         by_kind: dict[str, list[tuple[str, str]]] = {names.ERRORED: [], names.DIVERGED: []}
         for r in runs:
-            kind = r.data.tags.get(names.FAILURE_KIND)
+            kind = r.data.tags.get(names.FAILURE_KIND) if r.info.status == "FAILED" else None
             if kind == names.ERRORED or (kind == names.DIVERGED and r.data.tags.get(names.PHASE) == "curve"):
                 by_kind[kind].append(
                     (r.data.tags.get(names.TRIAL_ID, r.info.run_id), r.data.tags[names.FAILURE])

@@ -81,6 +81,8 @@ class MlflowLogger(tune.Callback):
         if key in self.existing:
             run_id = self.existing[key].info.run_id
             self.log.tracker.client.update_run(run_id, status="RUNNING")
+            for tag in {names.FAILURE, names.FAILURE_KIND} & set(self.existing[key].data.tags):
+                self.log.tracker.client.delete_tag(run_id, tag)  # rerun: its old failure is history
         else:
             cfg, phase = trial.config, self.ctx.phase
             run_id = self.log.tracker.create_run(
