@@ -1,17 +1,15 @@
 """Trials that cannot do their work are never silently left out: an errored trial (its process
 raised after every retry) makes the sweep exit 1 with one line and the --resume command, its
-parent run FAILED and nothing exported; the resume reruns it and finishes the sweep. And a sweep
-given relative paths (data, cache) works, though Tune runs trials in other working folders."""
+parent run FAILED and nothing exported; the resume reruns it and finishes the sweep. (Relative
+data and cache paths reaching the trials: tests/test_sweep_methods.py, the frozen-head sweep.)"""
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
 from mlflow.tracking import MlflowClient
 
 from specialsam.cli import EXIT_TRIALS_ERRORED
-from specialsam.tasks.io import write_image, write_mask
 from tests.conftest import run_sweep_cli
 
 SMALL = ["--task", "carpet", "--smoke", "--models", "tiny-s", "--set", "search.num_samples=1"]
@@ -60,31 +58,3 @@ def test_an_errored_trial_fails_the_sweep_and_resume_reruns_it(ray_cluster, tmp_
 def _report(client, parent, dst) -> str:
     dst.mkdir()
     return open(client.download_artifacts(parent.info.run_id, "rules/report.md", str(dst))).read()
-
-
-def _folder_dataset(root, n: int = 30) -> None:
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        img = rng.integers(60, 200, (96, 128, 3), dtype=np.uint8)
-        y, x = rng.integers(10, 50), rng.integers(10, 70)
-        img[y : y + 30, x : x + 40] = [200, 40, 40]
-        mask = np.zeros((96, 128), bool)
-        mask[y : y + 30, x : x + 40] = True
-        write_image(root / "images" / f"im{i:03d}.jpg", img)
-        write_mask(root / "masks" / f"im{i:03d}.png", mask)
-
-
-def test_relative_data_and_cache_paths_reach_the_trials(ray_cluster, tmp_path):
-    """The frozen-head fallback reads the images in its trials; the decoder trials read packs."""
-    _folder_dataset(tmp_path / "data")
-    args = ["--task", "folder", "--data-root", "data", "--cache-dir", "cache", "--models", "tiny-s"]
-    args += ["--methods", "decoder,full", "--set", "method.cache_budget_gib=0"]
-    for setting in ("search.num_samples=1", "search.n_train=16", "curve.n_train=[16]", "curve.seeds=[0]"):
-        args += ["--set", setting]
-    args += ["--set", "train.epochs=1", "--address", ray_cluster.address]
-    assert run_sweep_cli(args, tmp_path) == 0
-    client, exp, parent = _parent(tmp_path / "mlflow.db")
-    trials = client.search_runs([exp.experiment_id], "tags.`specialsam.role` = 'trial'")
-    assert len(trials) == 4 and all(r.info.status == "FINISHED" for r in trials)
-    assert parent.info.status == "FINISHED"
-    assert (tmp_path / "cache" / "packs").is_dir()  # the relative cache is where the user said

@@ -12,6 +12,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -134,8 +135,8 @@ def _client(uri):
     return mlflow.tracking.MlflowClient(uri)
 
 
-def _parent(client):
-    exp = client.get_experiment_by_name("specialsam-carpet")
+def _parent(client, task: str = "carpet"):
+    exp = client.get_experiment_by_name(f"specialsam-{task}")
     (run,) = client.search_runs([exp.experiment_id], "tags.`specialsam.role` = 'sweep'")
     return exp, run
 
@@ -224,15 +225,36 @@ def test_analyze_only_rebuilds_the_method_verdicts(methods_sweep, capsys):
     assert "tiny-s:full" in capsys.readouterr().out
 
 
+def _folder_dataset(root, n: int = 30) -> None:
+    """An images/masks folder: a red box to find on noise."""
+    from specialsam.tasks.io import write_image, write_mask
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        img = rng.integers(60, 200, (96, 128, 3), dtype=np.uint8)
+        y, x = rng.integers(10, 50), rng.integers(10, 70)
+        img[y : y + 30, x : x + 40] = [200, 40, 40]
+        mask = np.zeros((96, 128), bool)
+        mask[y : y + 30, x : x + 40] = True
+        write_image(root / "images" / f"im{i:03d}.jpg", img)
+        write_mask(root / "masks" / f"im{i:03d}.png", mask)
+
+
 def test_a_sweep_over_the_cache_budget_runs_the_frozen_blocks_in_its_trials(ray_cluster, tmp_path, capsys):
-    """``method.cache_budget_gib: 0``: no activation cache; the trials read the images themselves."""
-    argv = ["--task", "carpet", "--smoke", "--methods", "full", "--set", "method.cache_budget_gib=0"]
-    argv += ["--set", "search.num_samples=1", "--set", "curve.n_train=[32]", "--set", "curve.seeds=[0]"]
-    assert run_sweep_cli([*argv, "--cache-dir", str(tmp_path / "cache")], tmp_path) == 0
+    """``method.cache_budget_gib: 0``: no activation cache; the trials read the images themselves,
+    from real files given by relative paths (data and cache), though Tune runs trials in other
+    working folders."""
+    _folder_dataset(tmp_path / "data")
+    argv = ["--task", "folder", "--data-root", "data", "--cache-dir", "cache", "--models", "tiny-s"]
+    argv += ["--methods", "full", "--set", "method.cache_budget_gib=0", "--set", "train.epochs=1"]
+    for setting in ("search.num_samples=1", "search.n_train=16", "curve.n_train=[16]", "curve.seeds=[0]"):
+        argv += ["--set", setting]
+    assert run_sweep_cli(argv, tmp_path) == 0
     assert "the frozen encoder blocks run under no_grad in every step instead" in capsys.readouterr().out
+    assert (tmp_path / "cache" / "packs").is_dir()  # the relative cache is where the user said
     assert not (tmp_path / "cache" / "activations").exists()
     client = _client(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp, _ = _parent(client)
+    exp, _ = _parent(client, "folder")
     runs = client.search_runs([exp.experiment_id], "tags.`specialsam.role` = 'trial'")
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     path = client.download_artifacts(runs[0].info.run_id, "result.json", str(tmp_path))
