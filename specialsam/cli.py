@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from pathlib import Path
 
 from specialsam.errors import UserError
 
@@ -44,8 +43,7 @@ def run_cli(
         experiment=args.experiment,
         storage=args.storage,
         cache_dir=args.cache_dir,
-        # absolute: trials and cluster workers load checkpoints from other working folders
-        checkpoint_dir=str(Path(args.checkpoint_dir).expanduser().resolve()) if args.checkpoint_dir else None,
+        checkpoint_dir=args.checkpoint_dir,
         allow_unverified=args.allow_unverified,
         resume=args.resume,
         plan=args.plan,

@@ -39,6 +39,17 @@ class RunOptions:
     is an error, a configured one is fitted to the data (``config.grids``)."""
     quiet: bool = False
 
+    def __post_init__(self) -> None:
+        # absolute: trials and cluster workers load checkpoints from other working folders
+        if self.checkpoint_dir:
+            self.checkpoint_dir = str(_absolute(self.checkpoint_dir, self))
+
+
+def _absolute(path: Path | str, opts: RunOptions) -> Path:
+    """A user's path, relative ones taken from the folder the sweep was started in (trials run in
+    other working folders)."""
+    return (opts.cwd / Path(path).expanduser()).resolve()
+
 
 def storage_root(cfg: SweepConfig, opts: RunOptions) -> Path:
     raw = opts.storage or cfg.storage.tune_dir or str(opts.cwd / "ray_results")
@@ -101,11 +112,6 @@ def cache_root(cfg: SweepConfig, opts: RunOptions) -> tuple[Path, str]:
         return _absolute(cfg.storage.cache_dir, opts), "storage.cache_dir"
     label = "$SPECIALSAM_CACHE" if os.environ.get("SPECIALSAM_CACHE") else "the embedding cache"
     return _absolute(default_cache_dir(), opts), label
-
-
-def _absolute(path: Path | str, opts: RunOptions) -> Path:
-    """A user's path, relative ones taken from the folder the sweep was started in."""
-    return (opts.cwd / Path(path).expanduser()).resolve()
 
 
 def export_root(opts: RunOptions) -> Path:
