@@ -76,6 +76,16 @@ def _check_names(
         raise _Bad("", f"{{key}} lists a {noun.split()[-1]} twice (got {list(names)})")
 
 
+def _check_counts(values: Sequence[int], noun: str, each: str = "{key}") -> None:
+    """A list of counts (training sizes, LoRA ranks): not empty, every one >= 1; ``each`` words
+    the message about one value (``{key}`` is the setting)."""
+    if not values:
+        raise _Bad("", f"{{key}} must list at least one {noun}")
+    for i, n in enumerate(values):
+        if n < 1:
+            raise _Bad(f"[{i}]", f"{each} must be >= 1 (got {n})")
+
+
 def _unknown(full: str, candidates: Iterable[str]) -> str:
     head, _, last = full.rpartition(".")
     prefix = f"{head}." if head else ""

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from specialsam.config._text import _Bad, _check_names
+from specialsam.config._text import _Bad, _check_counts, _check_names
 from specialsam.finetune.clicks import CLICKS, MAX_CLICKS, NOC_THRESHOLDS
 from specialsam.finetune.methods import DEFAULT_TARGETS
 from specialsam.finetune.train import MAX_CLICK_ROUNDS, SEARCHABLE, TrainConfig
@@ -228,11 +228,7 @@ class CurveSettings(_Model):
     @field_validator("n_train")
     @classmethod
     def _sizes(cls, v: list[int]) -> list[int]:
-        if not v:
-            raise _Bad("", "{key} must list at least one training size")
-        for i, n in enumerate(v):
-            if n < 1:
-                raise _Bad(f"[{i}]", f"{{key}} must be >= 1 (got {n})")
+        _check_counts(v, "training size")
         if len(set(v)) != len(v):
             dup = next(n for n in v if v.count(n) > 1)
             raise _Bad("", f"{{key}} lists {dup} twice; give each training size once")
@@ -354,11 +350,7 @@ class MethodSettingsConfig(_Model):
     @field_validator("ranks")
     @classmethod
     def _ranks(cls, v: list[int]) -> list[int]:
-        if not v:
-            raise _Bad("", "{key} must list at least one LoRA rank")
-        for i, r in enumerate(v):
-            if r < 1:
-                raise _Bad(f"[{i}]", f"{{key}}: LoRA rank must be >= 1 (got {r})")
+        _check_counts(v, "LoRA rank", each="{key}: LoRA rank")
         return sorted(set(v))
 
     @field_validator("targets")
